@@ -1,0 +1,222 @@
+"""The canonical representation every reader produces and every writer consumes.
+
+N readers (``vitinit.formats``) and M writers (``vitinit.targets``) meet here, never in N×M converters.
+
+Canonical tensor names (timm / MAE layout, the one most families already use):
+
+==============================================  =============================================
+``patch_embed.proj.weight`` / ``.bias``         (D, C, p, p) / (D)
+``pos_embed``                                   (1, P + gh*gw, D); P = ``spec.num_prefix_tokens``
+``blocks.{i}.norm1.weight`` / ``.bias``         (D)
+``blocks.{i}.attn.qkv.weight`` / ``.bias``      (3D, D) / (3D); BEiT's q/v biases fused with k = 0
+``blocks.{i}.attn.proj.weight`` / ``.bias``     (D, D) / (D)
+``blocks.{i}.norm2.weight`` / ``.bias``         (D)
+``blocks.{i}.mlp.fc1.weight`` / ``.bias``       (F, D) / (F)
+``blocks.{i}.mlp.fc2.weight`` / ``.bias``       (D, F) / (D)
+``blocks.{i}.gamma_1`` / ``gamma_2``            (D) layer scale, only when ``spec.layer_scale``
+``rel_pos_bias.relative_position_bias_table``   ((2w-1)^2 + 3, H) shared table (``spec.rel_pos == "shared"``)
+``blocks.{i}.attn.relative_position_bias_table``  same shape, per block (``spec.rel_pos == "per_block"``)
+==============================================  =============================================
+
+Relative-position tables keep BEiT's 3 trailing cls rows so that the canonical form loses nothing; the
+normalization step drops them. ``cls_token``, the final ``norm`` and classifier heads are not part of the
+canonical backbone: readers drop them and record why in :attr:`Provenance.dropped`.
+
+Tensors are :class:`LazyTensor` so that conversion can stream a multi-GB checkpoint one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+
+CANONICAL_FORMAT_VERSION = "1"
+
+RelPosStyle = Literal["none", "shared", "per_block"]
+BEIT_EXTRA_REL_POS_ROWS = 3  # cls→patch, patch→cls, cls→cls (BEiT's modeling_finetune.py)
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor known by shape and dtype, materialized only when :meth:`load` is called."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    loader: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> LazyTensor:
+        return cls(tuple(tensor.shape), tensor.dtype, lambda: tensor)
+
+    def load(self) -> torch.Tensor:
+        t = self.loader()
+        if tuple(t.shape) != self.shape:  # a loader that disagrees with its declared shape is a bug
+            raise RuntimeError(f"lazy tensor loaded shape {tuple(t.shape)}, declared {self.shape}")
+        return t
+
+    def map(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LazyTensor:
+        """A lazy tensor computed from this one; declare ``shape``/``dtype`` when ``fn`` changes them."""
+        return LazyTensor(shape or self.shape, dtype or self.dtype, lambda: fn(self.load()))
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+TensorMap = dict[str, LazyTensor]
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """Architecture of a source ViT, as far as the backbone is concerned."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = 16
+    mlp_hidden_dim: int | None = None  # None = 4 * embed_dim
+    in_chans: int = 3
+    has_abs_pos: bool = True
+    pretrain_grid: tuple[int, int] = (14, 14)  # token grid of pos_embed and of the rel-pos window
+    num_prefix_tokens: int = 1  # rows before the grid in the stored pos_embed (cls, dist, ...)
+    layer_scale: bool = False
+    rel_pos: RelPosStyle = "none"
+    norm_eps: float = 1e-6
+    variant: str | None = None  # "vit-b", ... or None for a custom size
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.mlp_hidden_dim or 4 * self.embed_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ViTSpec:
+        d = dict(d)
+        d["pretrain_grid"] = tuple(d["pretrain_grid"])
+        return cls(**d)
+
+
+@dataclass
+class Provenance:
+    """Where the weights came from and what was done to them; travels into every output's metadata."""
+
+    family: str  # beit | mae | mocov3 | supervised | random
+    format: str  # e.g. "mae/encoder", "beit/pretrain", "hf/vit"
+    source: str  # path or URL as the user gave it
+    sha256: str | None = None
+    dropped: dict[str, str] = field(default_factory=dict)  # key or pattern -> why
+    notes: list[str] = field(default_factory=list)
+    normalization: dict = field(default_factory=dict)  # filled by the normalization step
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Provenance:
+        return cls(**dict(d))
+
+
+@dataclass
+class Checkpoint:
+    """A backbone in canonical form: spec + lazily loaded tensors + provenance."""
+
+    spec: ViTSpec
+    tensors: TensorMap
+    provenance: Provenance
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def with_tensors(self, tensors: TensorMap, **spec_changes) -> Checkpoint:
+        """A new checkpoint (the input is never mutated) with other tensors and spec fields."""
+        return Checkpoint(replace(self.spec, **spec_changes), tensors, self.provenance)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def block_keys(i: int, *, layer_scale: bool) -> list[str]:
+    """Canonical names of block ``i``'s tensors (without per-block rel-pos tables)."""
+    p = f"blocks.{i}."
+    names = [
+        p + n
+        for n in (
+            "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+            "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+            "mlp.fc2.weight", "mlp.fc2.bias",
+        )
+    ]
+    if layer_scale:
+        names += [p + "gamma_1", p + "gamma_2"]
+    return names
+
+
+def expected_shapes(spec: ViTSpec) -> dict[str, tuple[int, ...]]:
+    """Every canonical tensor's shape for ``spec``: readers validate against it before any work."""
+    d, f, p = spec.embed_dim, spec.mlp_dim, spec.patch_size
+    gh, gw = spec.pretrain_grid
+    shapes: dict[str, tuple[int, ...]] = {
+        "patch_embed.proj.weight": (d, spec.in_chans, p, p),
+        "patch_embed.proj.bias": (d,),
+    }
+    if spec.has_abs_pos:
+        shapes["pos_embed"] = (1, spec.num_prefix_tokens + gh * gw, d)
+    table = ((2 * gh - 1) * (2 * gw - 1) + BEIT_EXTRA_REL_POS_ROWS, spec.num_heads)
+    if spec.rel_pos == "shared":
+        shapes["rel_pos_bias.relative_position_bias_table"] = table
+    for i in range(spec.depth):
+        for name in block_keys(i, layer_scale=spec.layer_scale):
+            leaf = name.split(".", 2)[2]
+            shapes[name] = {
+                "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d),
+                "mlp.fc1.weight": (f, d), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (d, f),
+            }.get(leaf, (d,))
+        if spec.rel_pos == "per_block":
+            shapes[f"blocks.{i}.attn.relative_position_bias_table"] = table
+    return shapes
+
+
+def validate(ckpt: Checkpoint) -> None:
+    """Raise :class:`CheckpointFormatError` unless the tensors are exactly the spec's, with right shapes."""
+    from vitinit.errors import CheckpointFormatError
+
+    want = expected_shapes(ckpt.spec)
+    have = {k: v.shape for k, v in ckpt.tensors.items()}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        raise CheckpointFormatError(
+            f"{ckpt.provenance.format}: canonical keys do not match the spec "
+            f"(missing {_short(missing)}, unexpected {_short(extra)})"
+        )
+    for k, shape in want.items():
+        if tuple(have[k]) != shape:
+            raise CheckpointFormatError(f"tensor {k!r} has shape {tuple(have[k])}, expected {shape}")
+
+
+def _short(keys: list[str], n: int = 4) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")

@@ -1,0 +1,43 @@
+"""Typed errors. The CLI catches :class:`VitinitError` and prints its message on one line.
+
+Each subclass also inherits the builtin a caller would naturally catch, so library users can be broad or
+narrow (the pattern huggingface_hub's ``errors.py`` uses).
+"""
+
+from __future__ import annotations
+
+
+class VitinitError(Exception):
+    """Root of every error vitinit raises on purpose; its message is meant for the user."""
+
+
+class CheckpointFormatError(VitinitError, ValueError):
+    """A checkpoint is unreadable, of an unknown layout, or has a tensor of the wrong shape."""
+
+
+class UnsafeCheckpointError(CheckpointFormatError):
+    """A pickle asks for an object outside the allow-list; it was not executed."""
+
+
+class SpecMismatchError(VitinitError, ValueError):
+    """What the user asked for (``--model``, ``--from``) contradicts what the weights say."""
+
+
+class OutputExistsError(VitinitError, FileExistsError):
+    """The output path exists and ``--overwrite`` was not given."""
+
+
+class DownloadError(VitinitError, ConnectionError):
+    """A remote checkpoint could not be fetched (offline, missing, or hash mismatch)."""
+
+
+class ConfigError(VitinitError, ValueError):
+    """A recipe, override or model configuration is invalid."""
+
+
+class DatasetError(VitinitError, ValueError):
+    """A dataset is missing, empty or inconsistent."""
+
+
+class TrainingError(VitinitError, RuntimeError):
+    """Training cannot continue (for example a non-finite loss)."""

@@ -1,0 +1,338 @@
+"""The paper's ViT backbone for Mask R-CNN.
+
+Li et al., *Benchmarking Detection Transfer Learning with Vision Transformers* (arXiv 2111.11429), §3:
+a plain ViT at detection resolution whose blocks use non-overlapping windowed attention except 4 global
+blocks (the last block of each quarter of the depth), with an absolute position embedding at the detection
+grid *and* BEiT-style relative position biases — one table shared by all windowed blocks and one shared by
+all global blocks. Layer scale is optional (BEiT keeps it).
+
+Windows follow detectron2's ViTDet: the grid is zero-padded (after ``norm1``) to a multiple of the window and
+cropped back, and padded tokens are not masked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+from vitinit.errors import ConfigError
+from vitinit.ops.pos_embed import resize_abs_pos_embed
+from vitinit.ops.rel_pos import gather_rel_pos_bias, relative_position_index, resize_rel_pos_table
+from vitinit.variants import get_variant
+
+REL_POS_STYLES = ("shared", "per_block", "none")
+
+
+def quarter_block_indexes(depth: int, groups: int = 4) -> tuple[int, ...]:
+    """The last block of each of ``groups`` equal groups: ViT-B (12) → 2, 5, 8, 11; ViT-L (24) → 5, 11, 17, 23."""
+    if depth < groups:
+        return tuple(range(depth))
+    return tuple((g + 1) * depth // groups - 1 for g in range(groups))
+
+
+@dataclass(frozen=True)
+class ViTBackboneConfig:
+    """Plain, meaningful kwargs of :class:`DetectionViT`; serialized into converted weights' metadata."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    patch_size: int = 16
+    mlp_hidden_dim: int = 3072
+    in_chans: int = 3
+    img_size: int = 1024  # the abs pos embedding is stored at img_size // patch_size
+    window_size: int = 14
+    global_block_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    rel_pos: str = "shared"  # shared | per_block | none
+    use_abs_pos: bool = True
+    layer_scale: bool = False
+    norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    use_act_checkpoint: bool = False  # activation checkpointing, per block
+    out_indices: tuple[int, ...] | None = None  # blocks whose outputs are returned; None = the global ones
+    extra: dict = field(default_factory=dict, compare=False)  # free-form notes, never read by the model
+
+    def __post_init__(self) -> None:
+        if self.rel_pos not in REL_POS_STYLES:
+            raise ConfigError(f"rel_pos must be one of {REL_POS_STYLES}, got {self.rel_pos!r}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.img_size % self.patch_size:
+            raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        for i in (*self.global_block_indexes, *(self.out_indices or ())):
+            if not 0 <= i < self.depth:
+                raise ConfigError(f"block index {i} is outside 0..{self.depth - 1}")
+        object.__setattr__(self, "global_block_indexes", tuple(self.global_block_indexes))
+        if self.out_indices is not None:
+            object.__setattr__(self, "out_indices", tuple(self.out_indices))
+
+    @classmethod
+    def for_variant(cls, name: str, **overrides) -> ViTBackboneConfig:
+        """The paper's backbone for a named size; ``overrides`` win over the variant."""
+        v = get_variant(name)
+        base = dict(
+            embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads, patch_size=16,
+            mlp_hidden_dim=v.mlp_hidden_dim, global_block_indexes=quarter_block_indexes(v.depth),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.img_size // self.patch_size,) * 2
+
+    @property
+    def feature_indices(self) -> tuple[int, ...]:
+        return self.out_indices if self.out_indices is not None else self.global_block_indexes
+
+    def replace(self, **changes) -> ViTBackboneConfig:
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ViTBackboneConfig:
+        d = json.loads(text)
+        for k in ("global_block_indexes", "out_indices"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class RelativePositionBias(nn.Module):
+    """One BEiT-style table (one scalar per head per 2-D offset) for a window of ``grid`` tokens.
+
+    Zero-initialized, as BEiT and the paper do for methods without pre-trained tables.
+    """
+
+    def __init__(self, grid: tuple[int, int], num_heads: int) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+        # The index is a deterministic function of the grid: recomputed, never stored (as timm and BEiT).
+        self.register_buffer("index", relative_position_index(self.grid), persistent=False)
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(H, N, N) bias for a token grid; a larger grid than the table's resizes the table (bicubic)."""
+        grid = tuple(grid)
+        if grid == self.grid:
+            return gather_rel_pos_bias(self.relative_position_bias_table, self.index)
+        table, table_grid = self.relative_position_bias_table, self.grid
+        if grid[0] > table_grid[0] or grid[1] > table_grid[1]:
+            side = max(grid[0], grid[1], *table_grid)
+            table = resize_rel_pos_table(table, (side, side), method="bicubic")
+            table_grid = (side, side)
+        index = relative_position_index(grid, table_grid).to(table.device)
+        return gather_rel_pos_bias(table, index)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` with an additive bias."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b, n, c = x.shape  # (batch * windows, tokens, dim)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if bias is not None:
+            bias = bias.to(qkv.dtype).unsqueeze(0)  # (1, H, N, N) broadcasts over batch*windows
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) → (B·nW, window², C), zero-padding H and W up to multiples of ``window``."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c), (hp, wp)
+
+
+def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, cropping the padding away."""
+    hp, wp = padded
+    b = x.shape[0] // (hp * wp // window // window)
+    x = x.view(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, : hw[0], : hw[1]].contiguous()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``window_size == 0`` means global attention."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_hidden_dim: int,
+        *,
+        window_size: int = 0,
+        layer_scale: bool = False,
+        rel_pos_grid: tuple[int, int] | None = None,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_hidden_dim, act_layer=nn.GELU)
+        # Layer scale as BEiT names it; values come from the checkpoint (1.0 is identity for fresh models).
+        self.gamma_1 = nn.Parameter(torch.ones(dim)) if layer_scale else None
+        self.gamma_2 = nn.Parameter(torch.ones(dim)) if layer_scale else None
+        # Per-block table (option); the shared tables live on the backbone.
+        self.rel_pos = RelativePositionBias(rel_pos_grid, num_heads) if rel_pos_grid else None
+
+    def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None) -> torch.Tensor:
+        b, h, w, c = x.shape
+        y = self.norm1(x)
+        if self.window_size:
+            y, padded = window_partition(y, self.window_size)
+            grid = (self.window_size, self.window_size)
+        else:
+            y, grid = y.reshape(b, h * w, c), (h, w)
+        bias = self.rel_pos(grid) if self.rel_pos is not None else shared_bias
+        y = self.attn(y, bias)
+        y = window_unpartition(y, self.window_size, padded, (h, w)) if self.window_size else y.view(b, h, w, c)
+        if self.gamma_1 is not None:
+            y = self.gamma_1 * y
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            y = self.gamma_2 * y
+        return x + self.drop_path(y)
+
+
+class DetectionViT(nn.Module):
+    """Plain ViT returning (B, D, H/p, W/p) maps from ``config.feature_indices`` blocks (default: the global ones)."""
+
+    def __init__(self, config: ViTBackboneConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.embed_dim
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, *cfg.grid, d)) if cfg.use_abs_pos else None
+        window_grid = (cfg.window_size, cfg.window_size)
+        if cfg.rel_pos == "shared":
+            self.rel_pos_window = RelativePositionBias(window_grid, cfg.num_heads)
+            self.rel_pos_global = RelativePositionBias(cfg.grid, cfg.num_heads)
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear over depth, as ViTDet
+        blocks = []
+        for i in range(cfg.depth):
+            is_global = i in cfg.global_block_indexes
+            blocks.append(
+                Block(
+                    d, cfg.num_heads, cfg.mlp_hidden_dim,
+                    window_size=0 if is_global else cfg.window_size,
+                    layer_scale=cfg.layer_scale,
+                    rel_pos_grid=(cfg.grid if is_global else window_grid) if cfg.rel_pos == "per_block" else None,
+                    drop_path=dpr[i],
+                    norm_eps=cfg.norm_eps,
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.reset_parameters()
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.embed_dim
+
+    def reset_parameters(self) -> None:
+        """The paper's random initialization (as ViTDet / timm ViT):
+
+        - Linear weights: truncated normal, std 0.02; biases 0.
+        - LayerNorm: weight 1, bias 0.
+        - Patch embedding: PyTorch's Conv2d default (Kaiming-uniform, a=√5), as ViTDet leaves it.
+        - Absolute position embedding: truncated normal, std 0.02 (ViTDet's ``trunc_normal_(pos_embed)``).
+        - Relative position tables: zeros (BEiT's init). Layer scale: ones (identity).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.patch_embed.proj.reset_parameters()
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+
+    def abs_pos(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The absolute embedding at ``grid``, resized at run time when the input grid differs."""
+        g = self.config.grid
+        return resize_abs_pos_embed(self.pos_embed.flatten(1, 2), g, tuple(grid))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # (B, h, w, D)
+        grid = (x.shape[1], x.shape[2])
+        if self.pos_embed is not None:
+            x = x + self.abs_pos(grid)
+        window_bias = global_bias = None
+        if self.config.rel_pos == "shared":
+            # Gathered once per forward and shared by every block of its kind.
+            ws = self.config.window_size
+            window_bias = self.rel_pos_window((ws, ws))
+            global_bias = self.rel_pos_global(grid)
+        outs = []
+        wanted = set(self.config.feature_indices)
+        for i, blk in enumerate(self.blocks):
+            bias = window_bias if blk.window_size else global_bias
+            if self.config.use_act_checkpoint and self.training:
+                x = torch.utils.checkpoint.checkpoint(blk, x, bias, use_reentrant=False)
+            else:
+                x = blk(x, bias)
+            if i in wanted:
+                outs.append(x.permute(0, 3, 1, 2))
+        return outs
+
+
+def build_backbone(config: ViTBackboneConfig, *, device: torch.device | str | None = None) -> DetectionViT:
+    """Build :class:`DetectionViT`; ``device="meta"`` gives the key/shape manifest without memory."""
+    if device is None:
+        return DetectionViT(config)
+    with torch.device(device):
+        return DetectionViT(config)
+
+
+def backbone_state_shapes(config: ViTBackboneConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the backbone's persistent state: what ``--to vitdet`` files must hold exactly."""
+    return {k: tuple(v.shape) for k, v in build_backbone(config, device="meta").state_dict().items()}
+
+
+def load_backbone_state(model: DetectionViT, state: dict[str, torch.Tensor]) -> None:
+    """Strict load with a one-line error naming the mismatch (never a silent partial load)."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    bad = sorted(k for k in set(want) & set(state) if tuple(state[k].shape) != want[k])
+    if missing or extra or bad:
+        from vitinit.errors import CheckpointFormatError
+
+        def short(keys: Sequence[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3})" if len(keys) > 3 else "") if keys else "none"
+
+        raise CheckpointFormatError(
+            f"backbone weights do not match the model: missing {short(missing)}; unexpected {short(extra)}; "
+            f"wrong shape {short(bad)}"
+        )
+    model.load_state_dict(state, strict=True)
