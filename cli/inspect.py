@@ -1,9 +1,84 @@
-"""`vitinit inspect` (being built)."""
+"""`vitinit inspect`: what a checkpoint is and what `vitinit convert` would do with it (writes nothing)."""
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+
 import typer
+from rich.table import Table
+from vitinit_cli._common import console, setup_logging, user_errors
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("inspect")(inspect_cmd)
+
+
+def group_keys(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, int]]:
+    """Collapse numbered keys: ``blocks.{0..11}.attn.qkv.*`` with the number of tensors in each group."""
+    groups: dict[str, dict[str, set]] = defaultdict(lambda: {"idx": set(), "leaf": set(), "n": set()})
+    for key in shapes:
+        module, _, leaf = key.rpartition(".")
+        numbers = re.findall(r"(?<=\.)\d+(?=\.|$)", module)
+        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)", "#", module) if module else leaf
+        g = groups[pattern]
+        g["idx"].update(int(n) for n in numbers[:1])
+        g["leaf"].add(leaf if module else "")
+        g["n"].add(key)
+    out = []
+    for pattern, g in groups.items():
+        idx = sorted(g["idx"])
+        text = pattern.replace(
+            "#", f"{{{idx[0]}..{idx[-1]}}}" if len(idx) > 1 else str(idx[0]) if idx else "#", 1
+        )
+        leaves = sorted(x for x in g["leaf"] if x)
+        if leaves:
+            text += "." + (leaves[0] if len(leaves) == 1 else "*")
+        out.append((text, len(g["n"])))
+    return out
+
+
+@user_errors
+def inspect_cmd(
+    source: str = typer.Argument(..., help="Checkpoint file or transformers folder."),
+    family: str = typer.Option("auto", "--from", help="auto | beit | mae | mocov3 | supervised"),
+    model: str = typer.Option(None, "--model", help="Expected size (checked against the shapes)."),
+    num_heads: int = typer.Option(None, "--num-heads", help="Head count (custom sizes only)."),
+    size: int = typer.Option(1024, "--size", help="Detection input size for the conversion preview."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Print the detected format, model size, key summary, dropped keys and the conversion plan."""
+    setup_logging(verbose)
+    from vitinit.formats import detect_family, read_checkpoint
+    from vitinit.io.load import open_checkpoint
+    from vitinit.normalize.detection import detection_config, to_vitdet
+
+    raw = open_checkpoint(source)
+    shapes = {k: t.shape for k, t in raw.tensors().items()}
+    keys = Table(title=f"{source}: {raw.container}, {len(shapes)} tensors", title_justify="left")
+    keys.add_column("keys")
+    keys.add_column("tensors", justify="right")
+    for text, n in group_keys(shapes):
+        keys.add_row(text, str(n))
+    console.print(keys)
+    fam, _, scores = detect_family(raw, family)
+    console.print(f"format: [bold]{fam}[/] (scores {scores})", highlight=False)
+    ckpt = read_checkpoint(source, family=fam, model=model, num_heads=num_heads)
+    s = ckpt.spec
+    console.print(
+        f"model: {s.variant or 'custom'} — width {s.embed_dim}, depth {s.depth}, heads {s.num_heads}, "
+        f"patch {s.patch_size}, pre-training grid {s.pretrain_grid[0]}x{s.pretrain_grid[1]}, "
+        f"layer scale {'yes' if s.layer_scale else 'no'}, relative position tables {s.rel_pos}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    dropped = Table("dropped", "why", title="not part of the backbone", title_justify="left")
+    for k, why in ckpt.provenance.dropped.items():
+        dropped.add_row(k, why)
+    console.print(dropped)
+    _, prov = to_vitdet(ckpt, detection_config(s, img_size=size), seed=0)  # lazy: nothing is computed
+    plan = Table(show_header=False, title=f"convert --to vitdet --size {size} would", title_justify="left")
+    for k in ("abs_pos", "rel_pos", "rel_pos_rule", "layer_scale"):
+        if k in prov.normalization:
+            plan.add_row(k.replace("_", " "), str(prov.normalization[k]))
+    console.print(plan)

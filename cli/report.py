@@ -1,9 +1,59 @@
-"""`vitinit report` (being built)."""
+"""`vitinit report RUN_DIR... [-o DIR]`: compare runs as the paper does (table, curves, error bars)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+from vitinit_cli._common import console, err_console, setup_logging, user_errors
+
+
+class _WarningsToConsole(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]warning:[/] {record.getMessage()}", highlight=False, soft_wrap=True)
+
+
+@user_errors
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run folders from `vitinit bench`, or folders of runs.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for report.md and the PNGs.")] = Path(
+        "vitinit-report"
+    ),
+    analyze: Annotated[
+        bool, typer.Option("--analyze/--no-analyze", help="Run the TIDE error analysis where it is missing.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Compare runs: box/mask AP per initialization and size, AP vs schedule, and TIDE error bars.
+
+    Unfinished runs are skipped with a warning; a folder that is not a run is an error.
+    """
+    from vitinit.analysis.report import build_report, comparison_rows
+
+    setup_logging(verbose)
+    handler = _WarningsToConsole(logging.WARNING)
+    logging.getLogger("vitinit.analysis").addHandler(handler)
+    logging.getLogger("vitinit.analysis").propagate = False
+    try:
+        result = build_report(run_dirs, output, analyze=analyze)
+    finally:
+        logging.getLogger("vitinit.analysis").removeHandler(handler)
+        logging.getLogger("vitinit.analysis").propagate = True
+
+    header, rows = comparison_rows(result.runs)
+    table = Table(*header, title=f"{len(result.runs)} finished run(s): best AP box / AP mask")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(f) for f in result.files), highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("report")(report)

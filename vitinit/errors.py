@@ -41,3 +41,7 @@ class DatasetError(VitinitError, ValueError):
 
 class TrainingError(VitinitError, RuntimeError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+class MissingDependencyError(VitinitError, ImportError):
+    """An optional extra is needed for this feature (the message names the ``pip install``)."""

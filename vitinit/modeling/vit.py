@@ -20,18 +20,50 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
 
 from vitinit.errors import ConfigError
 from vitinit.ops.pos_embed import resize_abs_pos_embed
 from vitinit.ops.rel_pos import gather_rel_pos_bias, relative_position_index, resize_rel_pos_table
 from vitinit.variants import get_variant
 
+# Deliberately not timm.layers' Mlp/DropPath: importing timm.layers costs ~2 s (its torch.fx machinery)
+# on every `vitinit convert`, which needs this module only for the key/shape manifest. The two modules
+# below keep timm's parameter names (mlp.fc1 / mlp.fc2) and semantics.
+
+
+class Mlp(nn.Module):
+    """fc1 → GELU → fc2, named as timm's ``Mlp`` so checkpoints map one to one."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al. 2016), as timm's ``DropPath``."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
 REL_POS_STYLES = ("shared", "per_block", "none")
 
 
 def quarter_block_indexes(depth: int, groups: int = 4) -> tuple[int, ...]:
-    """The last block of each of ``groups`` equal groups: ViT-B (12) → 2, 5, 8, 11; ViT-L (24) → 5, 11, 17, 23."""
+    """The last block of each of ``groups`` equal groups: ViT-B (12) → 2, 5, 8, 11; ViT-L → 5, 11, 17, 23."""
     if depth < groups:
         return tuple(range(depth))
     return tuple((g + 1) * depth // groups - 1 for g in range(groups))
@@ -164,7 +196,9 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c), (hp, wp)
 
 
-def window_unpartition(x: torch.Tensor, window: int, padded: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+def window_unpartition(
+    x: torch.Tensor, window: int, padded: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`window_partition`, cropping the padding away."""
     hp, wp = padded
     b = x.shape[0] // (hp * wp // window // window)
@@ -194,7 +228,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, mlp_hidden_dim, act_layer=nn.GELU)
+        self.mlp = Mlp(dim, mlp_hidden_dim)
         # Layer scale as BEiT names it; values come from the checkpoint (1.0 is identity for fresh models).
         self.gamma_1 = nn.Parameter(torch.ones(dim)) if layer_scale else None
         self.gamma_2 = nn.Parameter(torch.ones(dim)) if layer_scale else None
@@ -211,7 +245,10 @@ class Block(nn.Module):
             y, grid = y.reshape(b, h * w, c), (h, w)
         bias = self.rel_pos(grid) if self.rel_pos is not None else shared_bias
         y = self.attn(y, bias)
-        y = window_unpartition(y, self.window_size, padded, (h, w)) if self.window_size else y.view(b, h, w, c)
+        if self.window_size:
+            y = window_unpartition(y, self.window_size, padded, (h, w))
+        else:
+            y = y.view(b, h, w, c)
         if self.gamma_1 is not None:
             y = self.gamma_1 * y
         x = x + self.drop_path(y)
@@ -222,7 +259,7 @@ class Block(nn.Module):
 
 
 class DetectionViT(nn.Module):
-    """Plain ViT returning (B, D, H/p, W/p) maps from ``config.feature_indices`` blocks (default: the global ones)."""
+    """Plain ViT returning (B, D, H/p, W/p) maps of the ``config.feature_indices`` blocks."""
 
     def __init__(self, config: ViTBackboneConfig) -> None:
         super().__init__()
@@ -235,7 +272,8 @@ class DetectionViT(nn.Module):
         if cfg.rel_pos == "shared":
             self.rel_pos_window = RelativePositionBias(window_grid, cfg.num_heads)
             self.rel_pos_global = RelativePositionBias(cfg.grid, cfg.num_heads)
-        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear over depth, as ViTDet
+        # Drop path grows linearly over depth, as in ViTDet.
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         blocks = []
         for i in range(cfg.depth):
             is_global = i in cfg.global_block_indexes
@@ -244,7 +282,9 @@ class DetectionViT(nn.Module):
                     d, cfg.num_heads, cfg.mlp_hidden_dim,
                     window_size=0 if is_global else cfg.window_size,
                     layer_scale=cfg.layer_scale,
-                    rel_pos_grid=(cfg.grid if is_global else window_grid) if cfg.rel_pos == "per_block" else None,
+                    rel_pos_grid=(
+                        (cfg.grid if is_global else window_grid) if cfg.rel_pos == "per_block" else None
+                    ),
                     drop_path=dpr[i],
                     norm_eps=cfg.norm_eps,
                 )
@@ -267,7 +307,7 @@ class DetectionViT(nn.Module):
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
@@ -275,7 +315,7 @@ class DetectionViT(nn.Module):
                 nn.init.zeros_(m.bias)
         self.patch_embed.proj.reset_parameters()
         if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def abs_pos(self, grid: tuple[int, int]) -> torch.Tensor:
         """The absolute embedding at ``grid``, resized at run time when the input grid differs."""
@@ -289,10 +329,13 @@ class DetectionViT(nn.Module):
             x = x + self.abs_pos(grid)
         window_bias = global_bias = None
         if self.config.rel_pos == "shared":
-            # Gathered once per forward and shared by every block of its kind.
+            # Gathered once per forward and shared by every block of its kind; skipped when no block of that
+            # kind exists (the global bias alone is heads × 4096² floats at 1024 px).
             ws = self.config.window_size
-            window_bias = self.rel_pos_window((ws, ws))
-            global_bias = self.rel_pos_global(grid)
+            if any(blk.window_size for blk in self.blocks):
+                window_bias = self.rel_pos_window((ws, ws))
+            if any(not blk.window_size for blk in self.blocks):
+                global_bias = self.rel_pos_global(grid)
         outs = []
         wanted = set(self.config.feature_indices)
         for i, blk in enumerate(self.blocks):

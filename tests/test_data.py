@@ -1,0 +1,203 @@
+"""COCO-format datasets, the synthetic shapes set, and the LSJ transform."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+
+from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
+from vitinit.data.synthetic import CATEGORIES, SyntheticSpec, synthetic_coco
+from vitinit.data.transforms import IMAGENET_MEAN_UINT8, FixedSizeCrop, lsj_transform, test_transform
+from vitinit.errors import DatasetError
+
+SPEC = SyntheticSpec(num_train=12, num_val=4, image_size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    return synthetic_coco(SPEC, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_synthetic_is_deterministic_and_cached(splits, tmp_path):
+    again = synthetic_coco(SPEC, cache_dir=tmp_path)
+    assert again.train_annotations.read_bytes() == splits.train_annotations.read_bytes()
+    first = sorted(splits.train_images.iterdir())[0]
+    assert (again.train_images / first.name).read_bytes() == first.read_bytes()
+    # A second call reuses the cache (same folder, files untouched).
+    mtime = again.val_annotations.stat().st_mtime_ns
+    assert synthetic_coco(SPEC, cache_dir=tmp_path).val_annotations.stat().st_mtime_ns == mtime
+    # Another seed is another dataset.
+    other = synthetic_coco(SyntheticSpec(num_train=12, num_val=4, image_size=64, seed=4), cache_dir=tmp_path)
+    assert other.root != again.root
+    assert other.train_annotations.read_bytes() != again.train_annotations.read_bytes()
+
+
+def test_synthetic_content(splits):
+    coco = json.loads(splits.train_annotations.read_text())
+    assert [c["name"] for c in coco["categories"]] == list(CATEGORIES)
+    assert len(coco["images"]) == 12
+    anns = coco["annotations"]
+    assert {a["category_id"] for a in anns} == {1, 2, 3, 4}
+    ds = CocoDetection(splits.train_images, splits.train_annotations)
+    # Occlusion: some visible mask is smaller than the filled bounding box of its own shape class would allow,
+    # i.e. later shapes cut earlier ones; check it directly by overlap of boxes within one image.
+    by_image: dict[int, list] = {}
+    for a in anns:
+        by_image.setdefault(a["image_id"], []).append(a["bbox"])
+    overlaps = sum(
+        _overlap(a, b) for boxes in by_image.values() for i, a in enumerate(boxes) for b in boxes[i + 1 :]
+    )
+    assert overlaps > 0
+    # Masks decode to the annotated area and the box is the mask's box.
+    image, target = ds[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+    assert target["masks"].shape[0] == target["labels"].shape[0] == target["boxes"].shape[0] > 0
+    assert torch.allclose(
+        masks_to_boxes(target["masks"]), target["boxes"] - torch.tensor([0, 0, 1, 1]), atol=1e-4
+    )
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _copy(splits, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(splits.val_images, images)
+    ann = tmp_path / "val.json"
+    shutil.copy(splits.val_annotations, ann)
+    return images, ann, json.loads(ann.read_text())
+
+
+def test_missing_image(splits, tmp_path):
+    images, ann, coco = _copy(splits, tmp_path)
+    (images / coco["images"][1]["file_name"]).unlink()
+    with pytest.raises(DatasetError, match="missing"):
+        CocoDetection(images, ann)
+
+
+def test_broken_json(splits, tmp_path):
+    images, ann, _ = _copy(splits, tmp_path)
+    ann.write_text('{"images": [')
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        CocoDetection(images, ann)
+    ann.write_text('{"images": []}')
+    with pytest.raises(DatasetError, match="not a COCO instances file"):
+        CocoDetection(images, ann)
+    with pytest.raises(DatasetError, match="does not exist"):
+        CocoDetection(images, tmp_path / "nope.json")
+
+
+def test_annotation_outside_image(splits, tmp_path):
+    images, ann, coco = _copy(splits, tmp_path)
+    coco["annotations"][0]["bbox"] = [50.0, 10.0, 30.0, 5.0]  # x + w = 80 > 64
+    ann.write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match="outside image"):
+        CocoDetection(images, ann)
+
+
+def test_empty_dataset(splits, tmp_path):
+    images, ann, coco = _copy(splits, tmp_path)
+    coco["annotations"] = []
+    ann.write_text(json.dumps(coco))
+    CocoDetection(images, ann)  # evaluation may run on unannotated images
+    with pytest.raises(DatasetError, match="no annotated images"):
+        CocoDetection(images, ann, train=True)
+    coco["images"] = []
+    ann.write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match="no images"):
+        CocoDetection(images, ann)
+
+
+def test_unreadable_and_wrong_size_image(splits, tmp_path):
+    images, ann, coco = _copy(splits, tmp_path)
+    name = coco["images"][0]["file_name"]
+    Image.new("RGB", (10, 10)).save(images / name)
+    ds = CocoDetection(images, ann)
+    with pytest.raises(DatasetError, match="10x10 but the JSON says 64x64"):
+        ds[0]
+    (images / name).write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="cannot be read"):
+        ds[0]
+
+
+def test_datasets_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("VITINIT_DATASETS", raising=False)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    assert str(datasets_root()) == "datasets"
+    monkeypatch.setenv("DETECTRON2_DATASETS", "/d2")
+    assert str(datasets_root()) == "/d2"
+    monkeypatch.setenv("VITINIT_DATASETS", str(tmp_path))
+    assert datasets_root() == tmp_path
+    assert datasets_root("/flag") == type(tmp_path)("/flag")
+    split = coco2017_split("val")
+    assert split.images == tmp_path / "coco" / "val2017"
+    assert split.annotations == tmp_path / "coco" / "annotations" / "instances_val2017.json"
+    with pytest.raises(DatasetError):
+        coco2017_split("test")
+
+
+def test_lsj_output_and_targets(splits):
+    ds = CocoDetection(
+        splits.train_images, splits.train_annotations, transforms=lsj_transform(64), train=True
+    )
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        n = target["labels"].shape[0]
+        assert target["boxes"].shape == (n, 4) and target["masks"].shape == (n, 64, 64)
+        if n:
+            # Boxes are the tight boxes of the cropped masks (detectron2 recomputes them after the crop).
+            assert torch.equal(masks_to_boxes(target["masks"]) + torch.tensor([0, 0, 1, 1]), target["boxes"])
+
+
+def test_fixed_size_crop_pads_bottom_right():
+    """detectron2's LSJ keeps a small image top-left; v2's RandomCrop would place it randomly."""
+    image = tv_tensors.Image(torch.full((3, 20, 30), 7, dtype=torch.uint8))
+    masks = tv_tensors.Mask(torch.ones(1, 20, 30, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes([[2.0, 3.0, 12.0, 15.0]], format="XYXY", canvas_size=(20, 30))
+    out_image, out_masks, out_boxes = FixedSizeCrop(64)(image, masks, boxes)
+    assert out_image.shape == (3, 64, 64)
+    assert (out_image[:, :20, :30] == 7).all()
+    assert (out_image[:, 20:, :] == torch.tensor(IMAGENET_MEAN_UINT8)[:, None, None]).all()
+    assert (out_image[:, :, 30:] == torch.tensor(IMAGENET_MEAN_UINT8)[:, None, None]).all()
+    assert out_masks[:, :20, :30].all() and not out_masks[:, 20:].any() and not out_masks[:, :, 30:].any()
+    assert out_boxes.tolist() == [[2.0, 3.0, 12.0, 15.0]]
+    # Larger than the target: a random 64×64 window, boxes shifted with it.
+    big = tv_tensors.Image(torch.arange(100 * 90, dtype=torch.float32).reshape(1, 100, 90))
+    torch.manual_seed(1)
+    crop = FixedSizeCrop(64)(big)
+    assert crop.shape == (1, 64, 64)
+    top, left = divmod(int(crop[0, 0, 0]), 90)
+    assert torch.equal(crop[0], big[0, top : top + 64, left : left + 64])
+
+
+def test_test_transform_and_collate(splits):
+    ds = CocoDetection(splits.val_images, splits.val_annotations, transforms=test_transform())
+    image, target = ds[0]
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert image.shape == (3, 64, 64)
+    images, targets = collate([ds[0], ds[1]])
+    assert len(images) == len(targets) == 2 and targets[1]["image_id"] == ds.ids[1]
+
+
+def test_polygon_segmentation(splits, tmp_path):
+    """COCO's own train2017 uses polygons for most objects; they decode like RLE."""
+    images, ann, coco = _copy(splits, tmp_path)
+    a = coco["annotations"][0]
+    a["segmentation"] = [[10.0, 10.0, 30.0, 10.0, 30.0, 20.0, 10.0, 20.0]]
+    a["bbox"] = [10.0, 10.0, 20.0, 10.0]
+    ann.write_text(json.dumps(coco))
+    ds = CocoDetection(images, ann)
+    idx = ds.ids.index(a["image_id"])
+    _, target = ds[idx]
+    k = [i for i, b in enumerate(target["boxes"].tolist()) if b == [10.0, 10.0, 30.0, 20.0]][0]
+    m = target["masks"][k].numpy()
+    assert m[12:19, 12:29].all() and m.sum() == 20 * 10

@@ -1,0 +1,148 @@
+"""The one conversion call: checkpoint → detection backbone file (used by the CLI, trainer, benchmarks).
+
+read (``vitinit.formats``) → normalize (``vitinit.normalize``) → write (``vitinit.targets``). Options are
+checked and the output path is claimed before any heavy work, and outputs are written atomically, so a
+failure leaves neither a partial output nor a changed source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitinit.canonical import Checkpoint, ViTSpec
+from vitinit.errors import ConfigError
+from vitinit.formats import FAMILIES, read_checkpoint
+from vitinit.io.save import check_output_path
+from vitinit.modeling.vit import ViTBackboneConfig
+from vitinit.normalize.detection import (
+    LAYER_SCALE_MODES,
+    REL_POS_MODES,
+    REL_POS_RESIZE,
+    detection_config,
+    to_vitdet,
+)
+from vitinit.targets import TARGETS
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    sha256: str
+    provenance: dict
+    family: str
+    target: str
+    spec: ViTSpec
+    config: ViTBackboneConfig | None = None  # the vitdet backbone config (None for detectron2)
+    pth_path: Path | None = None
+    pth_sha256: str | None = None
+    actions: list[str] = field(default_factory=list)  # human-readable summary of what was done
+
+
+def default_output_name(family: str, spec: ViTSpec, target: str, size: int) -> str:
+    """E.g. ``beit-vitb-vitdet-1024.safetensors``; custom sizes read ``custom-w32d2``."""
+    model = spec.variant.replace("-", "") if spec.variant else f"custom-w{spec.embed_dim}d{spec.depth}"
+    ext = ".safetensors" if target == "vitdet" else ".pth"
+    return f"{family}-{model}-{target}-{size}{ext}"
+
+
+def _check_options(family: str, target: str, layer_scale: str, rel_pos: str, rel_pos_resize: str) -> None:
+    for value, allowed, name in (
+        (family, FAMILIES, "--from"),
+        (target, TARGETS, "--to"),
+        (layer_scale, LAYER_SCALE_MODES, "--layer-scale"),
+        (rel_pos, REL_POS_MODES, "--rel-pos"),
+        (rel_pos_resize, REL_POS_RESIZE, "--rel-pos-resize"),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def load_source(
+    source: str | Path | None,
+    *,
+    family: str = "auto",
+    model: str | None = None,
+    num_heads: int | None = None,
+    seed: int = 0,
+) -> Checkpoint:
+    """Resolve ``source`` (local path, ``hf://``/``https://`` or None = the official release) and read it."""
+    if family != "random" and (source is None or "://" in str(source)):
+        from vitinit.io.remote import resolve_source  # lazy: network machinery only when needed
+
+        source = resolve_source(source, family=family, model=model or "vit-b")
+    return read_checkpoint(source, family=family, model=model, num_heads=num_heads, seed=seed)
+
+
+def convert(
+    source: str | Path | None,
+    *,
+    family: str = "auto",
+    target: str = "vitdet",
+    size: int = 1024,
+    model: str | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    layer_scale: str = "keep",
+    rel_pos: str = "shared",
+    rel_pos_resize: str = "geometric",
+    window_size: int = 14,
+    num_heads: int | None = None,
+    pth: bool = False,
+    drop_rel_pos: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> ConvertResult:
+    """Convert one checkpoint; returns where it went, its sha256 and the provenance stored with it.
+
+    Example:
+        >>> r = convert("mae_pretrain_vit_base.pth", target="vitdet", size=1024)  # doctest: +SKIP
+        >>> r.path, r.sha256  # doctest: +SKIP
+    """
+    _check_options(family, target, layer_scale, rel_pos, rel_pos_resize)
+    if output is not None:  # claim the path before reading a multi-GB source
+        check_output_path(output, overwrite=overwrite)
+    ckpt = load_source(source, family=family, model=model, num_heads=num_heads, seed=seed)
+    fam = ckpt.provenance.family
+    out = Path(output) if output is not None else Path(default_output_name(fam, ckpt.spec, target, size))
+    check_output_path(out, overwrite=overwrite)
+    pth_out = out.with_suffix(".pth") if pth and target == "vitdet" else None
+    if pth_out is not None:
+        if pth_out == out:
+            raise ConfigError(f"--pth needs an output name not ending in .pth, got {out}")
+        check_output_path(pth_out, overwrite=overwrite)
+
+    if target == "vitdet":
+        from vitinit.targets.vitdet import write_vitdet, write_vitdet_pth
+
+        config = detection_config(
+            ckpt.spec, img_size=size, window_size=window_size, rel_pos=rel_pos, layer_scale=layer_scale
+        )
+        tensors, prov = to_vitdet(
+            ckpt, config, layer_scale=layer_scale, rel_pos_resize=rel_pos_resize, seed=seed
+        )
+        sha = write_vitdet(out, config, tensors, prov, overwrite=overwrite, progress=progress)
+        result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec, config=config)
+        if pth_out is not None:
+            result.pth_path, result.pth_sha256 = pth_out, write_vitdet_pth(pth_out, out, overwrite=overwrite)
+    else:
+        from vitinit.targets.detectron2 import to_detectron2, write_detectron2
+
+        tensors, prov = to_detectron2(
+            ckpt, img_size=size, window_size=window_size, drop_rel_pos=drop_rel_pos, seed=seed
+        )
+        sha = write_detectron2(out, tensors, prov, overwrite=overwrite)
+        result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec)
+    result.actions = summarize(result.provenance)
+    return result
+
+
+def summarize(provenance: dict) -> list[str]:
+    """One line per thing the conversion did, for the CLI's table."""
+    lines = [f"read {provenance['format']} ({provenance['family']})"]
+    lines += [f"dropped {k}: {why}" for k, why in provenance.get("dropped", {}).items()]
+    norm = provenance.get("normalization", {})
+    for key in ("abs_pos", "rel_pos", "rel_pos_rule", "layer_scale"):
+        if key in norm:
+            lines.append(f"{key.replace('_', ' ')}: {norm[key]}")
+    return lines

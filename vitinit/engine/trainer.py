@@ -1,0 +1,180 @@
+"""A small hookable training loop (the shape of detectron2's ``TrainerBase`` / ``SimpleTrainer``).
+
+:meth:`Trainer.run_step` does forward, backward and the optimizer step, nothing else. Learning-rate
+schedule, evaluation, checkpointing, metrics and the progress bar are hooks. The trainer and every hook save
+and load their own state, which is what makes ``--resume`` reach the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vitinit.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class HookBase:
+    """Called around training; ``self.trainer`` is set when registered."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Trainer:
+    """Runs iterations ``start_iter .. max_iter - 1`` over an endless ``data`` iterable of (images, targets).
+
+    Args:
+        model: a torchvision detection model (possibly DDP-wrapped) returning a loss dict in train mode.
+        optimizer: its optimizer.
+        data: endless iterable of batches; it must begin at :attr:`start_iter` (see ``StreamSampler``).
+        max_iter: number of iterations of the whole run.
+        device: where the batches go.
+        amp: None, "bf16" or "fp16" autocast (fp16 adds a gradient scaler).
+        clip_grad_norm: max total gradient norm, or None.
+        hooks: called in order (before_*) and reverse order is not needed: after_* run in the same order.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data: Iterable,
+        *,
+        max_iter: int,
+        device: torch.device | str = "cpu",
+        amp: str | None = None,
+        clip_grad_norm: float | None = None,
+        hooks: Sequence[HookBase] = (),
+    ) -> None:
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.max_iter, self.device = max_iter, torch.device(device)
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        self.amp, self.clip_grad_norm = amp, clip_grad_norm
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.iter = self.start_iter = 0
+        self.completed = 0  # iterations done; a checkpoint resumes at this one
+        self.last_losses: dict[str, float] = {}
+        self.last_grad_norm: float | None = None
+        self.step_time = 0.0
+        self.hooks: list[HookBase] = []
+        for h in hooks:
+            self.register(h)
+
+    def register(self, hook: HookBase) -> None:
+        hook.trainer = self
+        self.hooks.append(hook)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Run to ``max_iter``; a failure is logged and re-raised, and ``after_train`` hooks always run."""
+        self._data_iter: Iterator = iter(self.data)
+        self.model.train()
+        self.failed: BaseException | None = None
+        try:
+            for h in self.hooks:
+                h.before_train()
+            for it in range(self.start_iter, self.max_iter):
+                self.iter = it
+                for h in self.hooks:
+                    h.before_step()
+                self.run_step()
+                for h in self.hooks:
+                    h.after_step()
+        except BaseException as e:
+            self.failed = e
+            if not isinstance(e, KeyboardInterrupt):
+                log.error("training stopped at iteration %d: %s", self.iter, e)
+            raise
+        finally:
+            for h in self.hooks:
+                h.after_train()
+
+    def run_step(self) -> None:
+        """Forward, backward, step: one iteration."""
+        start = time.perf_counter()
+        images, targets = next(self._data_iter)
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [
+            {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
+        ]
+        autocast = (
+            torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+            if self.amp
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            losses = self.model(images, targets)
+        total = sum(losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if not math.isfinite(float(total.detach())):
+            raise TrainingError(
+                f"non-finite loss at iteration {self.iter}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                + "; the last checkpoint written before it is kept"
+                " (lower the lr, raise the warmup, or disable fp16)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            self.last_grad_norm = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.last_losses = {"loss": float(total.detach()), **values}
+        self.step_time = time.perf_counter() - start
+        self.completed = self.iter + 1
+
+    # --- state --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: weights, optimizer, scaler, RNG, iteration, hooks."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        state = {
+            "iter": self.completed,
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"cpu": torch.get_rng_state()},
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for h in self.hooks:
+            h.load_state_dict(state["hooks"].get(type(h).__name__, {}))
+        self.iter = self.start_iter = self.completed = int(state["iter"])

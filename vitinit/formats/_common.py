@@ -1,0 +1,302 @@
+"""Helpers every reader shares: unwrap containers, map timm-layout keys to canonical names, infer the spec.
+
+Most families (MAE, MoCo v3, DeiT, timm, BEiT) store a timm-style ViT state dict; they differ in the
+container, the prefixes, the extra keys to drop and a few tensors to fuse. Those differences live in the
+family modules; the common key algebra lives here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+
+import torch
+
+from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, TensorMap, ViTSpec
+from vitinit.errors import CheckpointFormatError, SpecMismatchError
+from vitinit.io.load import RawCheckpoint
+from vitinit.ops.layer_scale import fuse_qv_bias
+from vitinit.ops.rel_pos import table_grid
+from vitinit.variants import check_variant
+
+logger = logging.getLogger(__name__)
+
+BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+# Canonical leaves of a block, as stored by timm's VisionTransformer / Beit (and MAE, MoCo v3, DeiT).
+_BLOCK_LEAVES = {
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "gamma_1",
+    "gamma_2",
+    "attn.relative_position_bias_table",
+}
+# timm's DeiT-III / DINOv2 spelling of layer scale.
+_LEAF_ALIASES = {"ls1.gamma": "gamma_1", "ls2.gamma": "gamma_2"}
+_TOP_LEVEL = {
+    "patch_embed.proj.weight",
+    "patch_embed.proj.bias",
+    "pos_embed",
+    "rel_pos_bias.relative_position_bias_table",
+}
+
+# Keys that are not part of a detection backbone, with the reason recorded in provenance.
+# Order matters: the first matching pattern names the group.
+DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, reason)
+    (r"(^|\.)relative_position_index$", "*.relative_position_index", "recomputed from the window size"),
+    (r"^cls_token$", "cls_token", "the detection backbone has no class token"),
+    (r"^dist_token$", "dist_token", "DeiT distillation token: no detection use"),
+    (r"^mask_token$", "mask_token", "only used by masked-image-modeling pre-training"),
+    (r"^decoder_", "decoder_*", "MAE decoder: only used in pre-training"),
+    (r"^lm_head\.", "lm_head.*", "BEiT masked-image-modeling head"),
+    (r"^cls_pt_layers\.", "cls_pt_layers.*", "BEiT v2 pre-training-only blocks"),
+    (r"^norm\.", "norm.*", "final norm: the detection backbone (as ViTDet) has none"),
+    (r"^fc_norm\.", "fc_norm.*", "pooling norm of the classifier"),
+    (r"^(head|head_dist|pre_logits)(\.|$)", "head.*", "classifier head"),
+]
+
+LazyMap = dict[str, LazyTensor]
+
+
+def state_dict_of(
+    raw: RawCheckpoint, containers: tuple[str, ...] = ("model", "state_dict", "module")
+) -> LazyMap:
+    """Flat ``{key: LazyTensor}`` state dict in the first container key present (or the file itself)."""
+    for key in containers:
+        node = raw.tree.get(key)
+        if isinstance(node, Mapping) and any(isinstance(v, LazyTensor) for v in node.values()):
+            return raw.tensors(key)
+    return {k: v for k, v in raw.tree.items() if isinstance(v, LazyTensor)}
+
+
+def strip_prefix(sd: LazyMap, prefix: str) -> LazyMap:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def is_timm_layout(sd: Mapping[str, LazyTensor]) -> bool:
+    return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd
+
+
+def drop_reason(key: str) -> tuple[str, str] | None:
+    """(group, reason) when ``key`` is known and not part of the backbone."""
+    for pattern, group, reason in DROP_RULES:
+        if re.search(pattern, key):
+            return group, reason
+    return None
+
+
+def record_dropped(
+    dropped: dict[str, str], counts: dict[str, int], key: str, group: str, reason: str
+) -> None:
+    counts[group] = counts.get(group, 0) + 1
+    dropped[group] = f"{reason} ({counts[group]} tensor{'s' if counts[group] > 1 else ''})"
+
+
+def canonical_from_timm(sd: LazyMap, *, fmt: str) -> tuple[TensorMap, dict[str, str]]:
+    """Map a timm-layout ViT/BEiT state dict to canonical tensors; returns (tensors, dropped).
+
+    BEiT's ``attn.q_bias``/``attn.v_bias`` become one fused ``attn.qkv.bias`` with a zero key bias (the
+    key bias is a constant 0 in BEiT, not a parameter). Unknown keys are an error: a reader that silently
+    ignores what it does not understand would hide a wrong ``--from``.
+    """
+    out: TensorMap = {}
+    dropped: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    qv: dict[int, dict[str, LazyTensor]] = {}
+    unknown = []
+    for key, t in sd.items():
+        m = BLOCK_RE.match(key)
+        if m:
+            i, leaf = int(m.group(1)), _LEAF_ALIASES.get(m.group(2), m.group(2))
+            if leaf in ("attn.q_bias", "attn.v_bias"):
+                qv.setdefault(i, {})[leaf[5]] = t
+                continue
+            if leaf in _BLOCK_LEAVES:
+                out[f"blocks.{i}.{leaf}"] = t
+                continue
+        elif key in _TOP_LEVEL:
+            out[key] = t
+            continue
+        why = drop_reason(key)
+        if why is None:
+            unknown.append(key)
+        else:
+            record_dropped(dropped, counts, key, *why)
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise CheckpointFormatError(f"{fmt}: unexpected key(s) {', '.join(sorted(unknown)[:3])}{more}")
+    for i, pair in sorted(qv.items()):
+        if set(pair) != {"q", "v"}:
+            raise CheckpointFormatError(f"{fmt}: block {i} has only one of attn.q_bias / attn.v_bias")
+        if f"blocks.{i}.attn.qkv.bias" in out:
+            raise CheckpointFormatError(f"{fmt}: block {i} has both attn.qkv.bias and attn.q_bias/v_bias")
+        out[f"blocks.{i}.attn.qkv.bias"] = fuse_lazy_qv(pair["q"], pair["v"])
+    return out, dropped
+
+
+def fuse_lazy_qv(q: LazyTensor, v: LazyTensor) -> LazyTensor:
+    if q.shape != v.shape or len(q.shape) != 1:
+        raise CheckpointFormatError(f"q_bias {q.shape} and v_bias {v.shape} must be equal vectors")
+    return LazyTensor((3 * q.shape[0],), q.dtype, lambda: fuse_qv_bias(q.load(), v.load()))
+
+
+def concat_rows(parts: list[LazyTensor]) -> LazyTensor:
+    """Lazily stack q, k, v projections into one fused qkv tensor (rows q, then k, then v)."""
+    shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+    return LazyTensor(shape, parts[0].dtype, lambda: torch.cat([p.load() for p in parts], dim=0))
+
+
+def prefix_and_grid(num_tokens: int, num_prefix_tokens: int | None = None) -> tuple[int, tuple[int, int]]:
+    """(prefix rows, square grid) of a pos_embed with ``num_tokens`` rows."""
+    candidates = [num_prefix_tokens] if num_prefix_tokens is not None else [1, 0, 2]
+    for p in candidates:
+        side = math.isqrt(max(num_tokens - p, 0))
+        if side > 0 and side * side == num_tokens - p:
+            return p, (side, side)
+    raise CheckpointFormatError(f"pos_embed has {num_tokens} rows: not a square grid plus prefix tokens")
+
+
+def infer_spec(
+    tensors: TensorMap,
+    *,
+    fmt: str,
+    model: str | None,
+    num_heads: int | None,
+    heads_hint: int | None = None,
+    num_prefix_tokens: int | None = None,
+    norm_eps: float = 1e-6,
+) -> ViTSpec:
+    """Architecture from tensor shapes; ``model`` (``--model``) must agree with them.
+
+    Heads: ``num_heads`` (the user) > ``heads_hint`` (a config file) > the standard size table. A custom
+    width with none of these is an error: guessing a head count silently builds a different model.
+    """
+    if "patch_embed.proj.weight" not in tensors or "blocks.0.attn.qkv.weight" not in tensors:
+        raise CheckpointFormatError(f"{fmt}: no patch embedding or first block found")
+    d, c, p, _ = tensors["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(BLOCK_RE.match(k).group(1)) for k in tensors if BLOCK_RE.match(k))
+    fc1 = tensors.get("blocks.0.mlp.fc1.weight")
+    variant = check_variant(model, d, depth)
+    heads = num_heads or heads_hint or (variant.num_heads if variant else None)
+    if heads is None:
+        raise SpecMismatchError(
+            f"custom ViT size (width {d}, depth {depth}): the head count cannot be read from the weights; "
+            "pass --num-heads"
+        )
+    if d % heads:
+        raise SpecMismatchError(f"width {d} is not divisible by {heads} heads")
+    has_pos = "pos_embed" in tensors
+    prefix, grid = 1, (224 // p, 224 // p)
+    if has_pos:
+        pos = tensors["pos_embed"]
+        if len(pos.shape) != 3:
+            raise CheckpointFormatError(f"pos_embed has shape {pos.shape}, expected (1, tokens, {d})")
+        prefix, grid = prefix_and_grid(pos.shape[1], num_prefix_tokens)
+    shared = tensors.get("rel_pos_bias.relative_position_bias_table")
+    per_block = tensors.get("blocks.0.attn.relative_position_bias_table")
+    table = shared if shared is not None else per_block
+    if table is not None and not has_pos:
+        try:
+            grid = table_grid(table.shape[0], BEIT_EXTRA_REL_POS_ROWS)
+        except ValueError as e:
+            raise CheckpointFormatError(f"{fmt}: relative position table: {e}") from None
+    return ViTSpec(
+        embed_dim=d,
+        depth=depth,
+        num_heads=heads,
+        patch_size=p,
+        mlp_hidden_dim=fc1.shape[0] if fc1 is not None else None,
+        in_chans=c,
+        has_abs_pos=has_pos,
+        pretrain_grid=grid,
+        num_prefix_tokens=prefix if has_pos else 0,
+        layer_scale="blocks.0.gamma_1" in tensors,
+        rel_pos="shared" if shared is not None else "per_block" if per_block is not None else "none",
+        norm_eps=norm_eps,
+        variant=variant.name if variant else None,
+    )
+
+
+def build_checkpoint(
+    tensors: TensorMap,
+    dropped: dict[str, str],
+    *,
+    family: str,
+    fmt: str,
+    source: str,
+    model: str | None,
+    num_heads: int | None,
+    notes: list[str] | None = None,
+    **spec_hints,
+) -> Checkpoint:
+    spec = infer_spec(tensors, fmt=fmt, model=model, num_heads=num_heads, **spec_hints)
+    prov = Provenance(family=family, format=fmt, source=source, dropped=dropped, notes=list(notes or []))
+    return Checkpoint(spec, tensors, prov)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fixed 2-D sin-cos position embeddings: MAE and MoCo v3 store them (frozen) in their checkpoints, which
+# identifies the family of an otherwise plain timm-layout file. Formula (formats.md §1.3): D is split in
+# two halves, each [sin(pos·ω_k), cos(pos·ω_k)], ω_k = 10000^(-k/(D/4)), k < D/4. MAE's first half encodes
+# the column index, MoCo v3's the row index; the cls slot is zeros in both.
+
+
+def sincos_2d(embed_dim: int, grid: tuple[int, int], *, first_half: str = "col") -> torch.Tensor:
+    """(gh*gw, D) fixed sin-cos embedding, rows in row-major token order."""
+    if embed_dim % 4:
+        raise ValueError("sin-cos embedding needs a width divisible by 4")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+
+    def half(pos: torch.Tensor) -> torch.Tensor:
+        angle = pos.flatten().double()[:, None] * omega[None]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+    a, b = (cols, rows) if first_half == "col" else (rows, cols)
+    return torch.cat([half(a), half(b)], dim=1).float()
+
+
+def sincos_family(pos_embed: LazyTensor, atol: float = 1e-4) -> str | None:
+    """ "mae" or "mocov3" when the stored (1, 1+N, D) embedding is that family's frozen sin-cos, else None."""
+    if len(pos_embed.shape) != 3 or pos_embed.shape[2] % 4:
+        return None
+    try:
+        prefix, grid = prefix_and_grid(pos_embed.shape[1], 1)
+    except CheckpointFormatError:
+        return None
+    pos = pos_embed.load()[0].float()
+    if pos[:prefix].abs().max() > atol:
+        return None
+    for family, first in (("mae", "col"), ("mocov3", "row")):
+        if torch.allclose(pos[prefix:], sincos_2d(pos.shape[1], grid, first_half=first), atol=atol):
+            return family
+    return None
+
+
+def score_timm_layout(sd: LazyMap, family: str) -> int:
+    """Shared scoring of plain timm-layout files: 1 for the layout, +2 when the sin-cos matches ``family``,
+    +1 when the embedding is learned (not any known sin-cos) and ``family`` is supervised."""
+    if not is_timm_layout(sd):
+        return 0
+    score = 1
+    pos = sd.get("pos_embed")
+    found = sincos_family(pos) if pos is not None else None
+    if found == family:
+        score += 2
+    elif found is None and family == "supervised" and pos is not None:
+        score += 1
+    return score
+

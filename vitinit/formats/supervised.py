@@ -1,0 +1,49 @@
+"""Supervised ImageNet ViTs: DeiT releases and timm ViT state dicts (``.pth`` or ``.safetensors``).
+
+DeiT files are ``{'model': state_dict}`` (training checkpoints add optimizer, epoch, args...); the
+distilled models add ``dist_token``, ``head_dist`` and a second prefix row in ``pos_embed`` (cls, dist,
+patches). timm hub weights are bare state dicts in the same layout; DeiT-III spells layer scale
+``ls1.gamma``/``ls2.gamma`` and stores pos_embed without prefix rows (``no_embed_class``).
+"""
+
+from __future__ import annotations
+
+from vitinit.canonical import Checkpoint
+from vitinit.formats._common import build_checkpoint, canonical_from_timm, score_timm_layout, state_dict_of
+from vitinit.io.load import RawCheckpoint
+
+FAMILY = "supervised"
+
+
+def score(raw: RawCheckpoint) -> tuple[str, int]:
+    """1 for a timm-layout ViT, +1 for a learned (not sin-cos) pos_embed, +2 for a classifier head."""
+    if raw.container == "hf-folder":
+        return FAMILY, 0
+    sd = state_dict_of(raw, ("model", "state_dict"))
+    s = score_timm_layout(sd, FAMILY)
+    if s and ("head.weight" in sd or "dist_token" in sd):
+        s += 2
+    return FAMILY, s
+
+
+def read(raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None) -> Checkpoint:
+    sd = state_dict_of(raw, ("model", "state_dict"))
+    distilled = "dist_token" in sd
+    fmt = (
+        "supervised/deit-distilled"
+        if distilled
+        else ("supervised/deit" if "model" in raw.tree else f"supervised/timm-{raw.container}")
+    )
+    tensors, dropped = canonical_from_timm(sd, fmt=fmt)
+    notes = ["pos_embed has 2 prefix rows (cls, dist); both are dropped"] if distilled else []
+    return build_checkpoint(
+        tensors,
+        dropped,
+        family=FAMILY,
+        fmt=fmt,
+        source=str(raw.path),
+        model=model,
+        num_heads=num_heads,
+        num_prefix_tokens=2 if distilled else None,
+        notes=notes,
+    )

@@ -1,0 +1,121 @@
+"""The methods' official released checkpoints: where to download them and how to check them.
+
+Every URL below was read from the method's own README (stored copies checked with the project's search
+tools; the network was not reachable to confirm that the files are still served). Hashes are only those the
+authors published: MAE's README gives the first 6 hex digits of each file's md5, DeiT's file names end in the
+first 8 hex digits of the sha256 (the ``torch.hub`` convention). No other official file has a published hash
+or size, so those fields are ``None`` and such a download is checked only for completeness
+(Content-Length), never for content; :func:`vitinit.io.remote.resolve_source` says so in a warning.
+
+What the paper (Li et al. 2021) used, and what differs here:
+- MAE ViT-B/L: the released encoder-only files, as the paper.
+- BEiT: the paper pre-trained BEiT on ImageNet-1k itself; no such file was released. The closest official
+  file is the self-supervised ImageNet-22k one (``*_pt22k``, not the ``*_ft22k`` files that were then
+  fine-tuned with labels).
+- MoCo v3: only ViT-S and ViT-B were released; the paper's ViT-L was trained by the authors (no entry).
+- Supervised: DeiT ViT-B (ImageNet-1k) as the paper. DeiT has no ViT-L; the ViT-L entry is DeiT III's
+  ImageNet-1k model, which has layer scale (``blocks.i.ls1.gamma``/``ls2.gamma``), unlike the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """One released file. ``urls[0]`` is the link in the method's README; later URLs are mirrors."""
+
+    family: str  # mae | beit | mocov3 | supervised
+    model: str  # vit-s | vit-b | vit-l | vit-h
+    urls: tuple[str, ...]
+    filename: str
+    documented_in: str  # repository and file where the URL is published
+    size: int | None = None  # bytes; None = not published
+    md5_prefix: str | None = None  # leading hex digits of the md5, as published (MAE)
+    sha256_prefix: str | None = None  # leading hex digits of the sha256 (full digest when 64 long)
+    hf_repo: str | None = None  # the same weights on the Hugging Face hub (transformers layout), if any
+    note: str = ""
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def has_hash(self) -> bool:
+        return bool(self.md5_prefix or self.sha256_prefix)
+
+
+_MAE = "facebookresearch/mae README.md"
+_BEIT = "microsoft/unilm beit/README.md"
+_MOCO = "facebookresearch/moco-v3 CONFIG.md"
+_DEIT = "facebookresearch/deit README_deit.md"
+_DEIT3 = "facebookresearch/deit README_revenge.md"
+_FB = "https://dl.fbaipublicfiles.com"
+# unilm.blob.core.windows.net is the README's host; timm and later unilm READMEs link the same files on
+# conversationhub.blob.core.windows.net/beit-share-public (a read-only container link, tried second).
+_BEIT_HOSTS = (
+    "https://unilm.blob.core.windows.net/beit",
+    "https://conversationhub.blob.core.windows.net/beit-share-public/beit",
+)
+
+
+def _beit(model: str, size_name: str) -> OfficialCheckpoint:
+    filename = f"beit_{size_name}_patch16_224_pt22k.pth"
+    return OfficialCheckpoint(
+        "beit", model, tuple(f"{host}/{filename}" for host in _BEIT_HOSTS), filename, _BEIT,
+        hf_repo=f"microsoft/beit-{size_name}-patch16-224-pt22k",
+        note="self-supervised on ImageNet-22k (the paper pre-trained on ImageNet-1k; not released)",
+    )
+
+
+def _mae(model: str, size_name: str, md5_prefix: str) -> OfficialCheckpoint:
+    filename = f"mae_pretrain_vit_{size_name}.pth"
+    return OfficialCheckpoint(
+        "mae", model, (f"{_FB}/mae/pretrain/{filename}",), filename, _MAE, md5_prefix=md5_prefix,
+        note="encoder only (facebookresearch/mae#8)",
+    )
+
+
+def _mocov3(model: str, stem: str, note: str) -> OfficialCheckpoint:
+    filename = f"{stem}.pth.tar"
+    url = f"{_FB}/moco-v3/{stem}/{filename}"
+    return OfficialCheckpoint("mocov3", model, (url,), filename, _MOCO, note=note)
+
+
+OFFICIAL_CHECKPOINTS: dict[tuple[str, str], OfficialCheckpoint] = {
+    (c.family, c.model): c
+    for c in (
+        _mae("vit-b", "base", "8cad7c"),
+        _mae("vit-l", "large", "b8b06e"),
+        _mae("vit-h", "huge", "9bdbb0"),
+        _beit("vit-b", "base"),
+        _beit("vit-l", "large"),
+        _mocov3("vit-s", "vit-s-300ep", note="300 epochs; 12 heads (not DeiT-S's 6)"),
+        _mocov3("vit-b", "vit-b-300ep", note="300 epochs; training checkpoint (both encoders, predictor)"),
+        OfficialCheckpoint(
+            "supervised", "vit-s", (f"{_FB}/deit/deit_small_patch16_224-cd65a155.pth",),
+            "deit_small_patch16_224-cd65a155.pth", _DEIT, sha256_prefix="cd65a155",
+        ),
+        OfficialCheckpoint(
+            "supervised", "vit-b", (f"{_FB}/deit/deit_base_patch16_224-b5f2ef4d.pth",),
+            "deit_base_patch16_224-b5f2ef4d.pth", _DEIT, sha256_prefix="b5f2ef4d",
+            note="DeiT-B, ImageNet-1k, 300 epochs",
+        ),
+        OfficialCheckpoint(
+            "supervised", "vit-l", (f"{_FB}/deit/deit_3_large_224_1k.pth",), "deit_3_large_224_1k.pth",
+            _DEIT3, note="DeiT III ViT-L, ImageNet-1k; has layer scale (DeiT released no ViT-L)",
+        ),
+    )
+}
+
+NOT_RELEASED: dict[tuple[str, str], str] = {
+    ("mocov3", "vit-l"): "MoCo v3 released only ViT-S and ViT-B (facebookresearch/moco-v3 CONFIG.md)",
+    ("mocov3", "vit-h"): "MoCo v3 released only ViT-S and ViT-B (facebookresearch/moco-v3 CONFIG.md)",
+    ("beit", "vit-h"): "BEiT released base and large only (microsoft/unilm beit/README.md)",
+}
+
+
+def official_checkpoint(family: str, model: str) -> OfficialCheckpoint | None:
+    """The registry entry for ``family`` and ``model`` (e.g. "mae", "vit-b"), or None."""
+    return OFFICIAL_CHECKPOINTS.get((family.lower(), model.lower().replace("_", "-")))

@@ -1,0 +1,92 @@
+"""``--to vitdet``: the paper's detection backbone as ``.safetensors`` with the conversion in its metadata.
+
+The tensors are exactly ``DetectionViT(config).state_dict()``. Metadata (all values str):
+``format="vitinit.vitdet"``, ``format_version``, ``vitinit_version``, ``backbone_config``
+(``ViTBackboneConfig.to_json()``), ``provenance`` (``Provenance.to_dict()`` as JSON, normalization filled)
+and ``source_sha256``. An optional ``.pth`` copy holds ``{'model': state_dict, 'metadata': {...}}`` (plain
+tensors and strings, so ``torch.load(weights_only=True)`` reads it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import vitinit
+from vitinit.canonical import LazyTensor, Provenance
+from vitinit.errors import CheckpointFormatError
+from vitinit.io.load import open_checkpoint
+from vitinit.io.save import atomic_path, check_output_path, sha256_file, write_safetensors
+from vitinit.modeling.vit import ViTBackboneConfig
+
+FORMAT = "vitinit.vitdet"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class VitdetWeights:
+    config: ViTBackboneConfig
+    state_dict: dict[str, torch.Tensor]
+    provenance: dict
+    metadata: dict[str, str]
+
+
+def vitdet_metadata(config: ViTBackboneConfig, provenance: Provenance) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vitinit_version": vitinit.__version__,
+        "backbone_config": config.to_json(),
+        "provenance": provenance.to_json(),
+        "source_sha256": provenance.sha256 or "",
+    }
+
+
+def write_vitdet(
+    path: str | Path,
+    config: ViTBackboneConfig,
+    tensors: Mapping[str, LazyTensor],
+    provenance: Provenance,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str:
+    """Stream ``tensors`` into ``path`` atomically; return the written file's sha256."""
+    return write_safetensors(
+        path, tensors, vitdet_metadata(config, provenance), overwrite=overwrite, progress=progress
+    )
+
+
+def write_vitdet_pth(path: str | Path, weights_path: str | Path, *, overwrite: bool = False) -> str:
+    """A ``.pth`` copy of a written ``.safetensors`` backbone (same tensors, metadata); returns its sha256."""
+    path = check_output_path(path, overwrite=overwrite)
+    w = read_vitdet(weights_path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": w.state_dict, "metadata": w.metadata}, tmp)
+    return sha256_file(path)
+
+
+def read_vitdet(path: str | Path) -> VitdetWeights:
+    """Load a ``--to vitdet`` file (``.safetensors`` or its ``.pth`` copy), checking its format marker."""
+    raw = open_checkpoint(path)
+    if raw.container == "safetensors":
+        metadata, state = dict(raw.metadata), raw.tensors()
+    else:
+        node = raw.tree.get("metadata")
+        metadata = {str(k): v for k, v in node.items()} if isinstance(node, Mapping) else {}
+        state = raw.tensors("model") if isinstance(raw.tree.get("model"), Mapping) else {}
+    if metadata.get("format") != FORMAT:
+        raise CheckpointFormatError(
+            f"{path}: not a vitinit vitdet backbone (metadata format is "
+            f"{metadata.get('format')!r}); convert it with `vitinit convert --to vitdet`"
+        )
+    try:
+        config = ViTBackboneConfig.from_json(metadata["backbone_config"])
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
+    return VitdetWeights(config, {k: t.load() for k, t in state.items()}, provenance, metadata)
