@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vitinit.errors import VitinitError
 
@@ -27,10 +28,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VitinitError as e:
-            err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")

@@ -64,7 +64,8 @@ def bench(
     if dry_run:
         recipe = lib.resolve(name, overrides)
         console.print(to_yaml(recipe), highlight=False, markup=False, end="")
-        console.print(f"# weights: {lib.describe_weights(recipe)}", highlight=False, markup=False, soft_wrap=True)
+        weights = lib.describe_weights(recipe)
+        console.print(f"# weights: {weights}", highlight=False, markup=False, soft_wrap=True)
         console.print(
             f"# {recipe['schedule']['iters']} iterations = {recipe['schedule']['epochs']} epochs "
             f"at batch {recipe['train']['batch_size']}",

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 def convert_cmd(
     source: str = typer.Argument(
         None,
-        help="Checkpoint file, transformers folder or hf://ORG/REPO[/FILE]; omitted: the official "
+        help="Checkpoint file, transformers folder or hf://ORG/REPO\\[/FILE]; omitted: the official "
         "checkpoint of --from/--model (downloaded once into the cache).",
     ),
     family: str = typer.Option("auto", "--from", help="auto | beit | mae | mocov3 | supervised | random"),

@@ -6,7 +6,10 @@ import typer
 
 app = typer.Typer(
     name="vitinit",
-    help="ViT initializations (BEiT, MAE, MoCo v3, supervised, random) → detection backbones → Mask R-CNN benchmarks.",
+    help=(
+        "ViT initializations (BEiT, MAE, MoCo v3, supervised, random) → detection backbones "
+        "→ Mask R-CNN benchmarks."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
