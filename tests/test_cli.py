@@ -2,7 +2,6 @@
 
 import pytest
 from typer.testing import CliRunner
-
 from vitinit_cli import _common
 from vitinit_cli.main import app
 

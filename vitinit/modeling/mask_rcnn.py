@@ -27,6 +27,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from vitinit.errors import ConfigError
@@ -75,6 +76,10 @@ class MaskRCNNConfig:
     box_detections_per_img: int = 100
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
+    # Pad every batch to max_size × max_size (detectron2 ViTDet's ``square_pad``), so that the ViT always sees
+    # the token grid its absolute position embedding was trained at; without it a 1024×683 test image would
+    # make the backbone resize that embedding to 64×43 and shift every position.
+    square_pad: bool = True
 
     def __post_init__(self) -> None:
         if self.pyramid not in PYRAMIDS:
@@ -198,8 +203,31 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
         # Explicit so fpn_channels other than 256 work (torchvision's default assumes 256).
         mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes + 1),
     )
+    if cfg.square_pad:
+        t = model.transform
+        model.transform = SquarePadTransform(
+            t.min_size, t.max_size, t.image_mean, t.image_std, square_size=cfg.max_size,
+            size_divisible=t.size_divisible,
+        )
     model.config = cfg
     return model
+
+
+class SquarePadTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, padding each batch (bottom-right) to at least a fixed square."""
+
+    def __init__(self, *args, square_size: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.square_size = square_size
+
+    def batch_images(self, images: list[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
+        h = max(self.square_size, *(img.shape[-2] for img in images))
+        w = max(self.square_size, *(img.shape[-1] for img in images))
+        h, w = (-(-h // size_divisible) * size_divisible, -(-w // size_divisible) * size_divisible)
+        batch = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+        for img, slot in zip(images, batch, strict=True):
+            slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+        return batch
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device | str) -> nn.Module:

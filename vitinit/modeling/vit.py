@@ -151,7 +151,16 @@ class RelativePositionBias(nn.Module):
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         # The index is a deterministic function of the grid: recomputed, never stored (as timm and BEiT).
-        self.register_buffer("index", relative_position_index(self.grid), persistent=False)
+        # On the meta device (key/shape manifests) only its shape is needed: computing it there would route
+        # arange through torch's decompositions, which import sympy and cost ~1 s and ~150 MB.
+        n = grid[0] * grid[1]
+        table = self.relative_position_bias_table
+        index = (
+            torch.empty((n, n), dtype=torch.long, device="meta")
+            if table.is_meta
+            else relative_position_index(self.grid).to(table.device)
+        )
+        self.register_buffer("index", index, persistent=False)
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
         """(H, N, N) bias for a token grid; a larger grid than the table's resizes the table (bicubic)."""
