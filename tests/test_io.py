@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import vitinit.io.load as load_mod
+import vitinit.io.torch_zip as torch_zip
 from vitinit.canonical import LazyTensor
 from vitinit.errors import CheckpointFormatError, OutputExistsError, UnsafeCheckpointError
 from vitinit.io.load import open_checkpoint
@@ -63,7 +63,7 @@ def test_zip_checkpoint_streams_every_kind_of_tensor(tmp_path):
     assert raw.container == "torch-zip"
     assert raw.tree["epoch"] == 3 and raw.tree["args"].lr == 0.1
     # The streaming reader (not torch.load's fallback) built these: their loaders read from the file.
-    assert all(isinstance(t.loader, load_mod._ZipTensorReader) for t in raw.tensors("model").values())
+    assert all(isinstance(t.loader, torch_zip._ZipTensorReader) for t in raw.tensors("model").values())
     _assert_same(raw.tensors("model"), sd)
 
 
@@ -89,7 +89,7 @@ def test_zip_reading_is_lazy(tmp_path, monkeypatch):
         read.append(n)
         return n
 
-    monkeypatch.setattr(load_mod.os, "preadv", counting_preadv)
+    monkeypatch.setattr(torch_zip.os, "preadv", counting_preadv)
     raw = open_checkpoint(path)
     assert sum(read) == 0  # opening reads no tensor data
     assert torch.equal(raw.tensors()["small"].load(), small)

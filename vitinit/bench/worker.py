@@ -1,0 +1,290 @@
+"""One process of a benchmark run: build the data and the Mask R-CNN, train, evaluate, write the run folder.
+
+``train_worker`` is what every rank runs (a local run, each process of ``--gpus N``, each Slurm task).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitinit.bench.run_folder import write_json, write_results
+from vitinit.bench.weights import apply_position_policy, load_weights
+from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
+from vitinit.data.transforms import lsj_transform, test_transform
+from vitinit.engine import distributed as du
+from vitinit.engine import hooks as H
+from vitinit.engine.optim import build_optimizer
+from vitinit.engine.sampler import SeededSamples, StreamSampler
+from vitinit.engine.trainer import Trainer
+from vitinit.errors import ConfigError, DatasetError, TrainingError
+from vitinit.evaluation.coco import COCOEvaluator
+from vitinit.io.save import atomic_path
+from vitinit.modeling.mask_rcnn import MaskRCNNConfig, build_mask_rcnn, convert_sync_batchnorm
+from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
+from vitinit.recipes import to_yaml
+
+log = logging.getLogger(__name__)
+
+
+def build_model(recipe: dict, backbone: ViTBackboneConfig, num_classes: int) -> torch.nn.Module:
+    m = recipe["model"]
+    cfg = MaskRCNNConfig(
+        backbone=backbone,
+        num_classes=num_classes,
+        pyramid=m["pyramid"],
+        fpn_channels=m["fpn_channels"],
+        norm=m["norm"],
+        min_size=recipe["data"]["image_size"],
+        max_size=recipe["data"]["image_size"],
+        image_mean=tuple(m["pixel_mean"]),
+        image_std=tuple(m["pixel_std"]),
+        **(m.get("detector") or {}),
+    )
+    return build_mask_rcnn(cfg)
+
+
+@dataclass
+class Datasets:
+    train: CocoDetection
+    val: CocoDetection
+
+
+def build_datasets(recipe: dict) -> Datasets:
+    d = recipe["data"]
+    size = d["image_size"]
+    train_tf = lsj_transform(size, scale_range=d["scale_range"], flip=d["flip"])
+    if d["dataset"] == "synthetic":
+        from vitinit.data.synthetic import SyntheticSpec, synthetic_coco
+
+        # Generated once, by the first process; the others wait and read the same cache.
+        splits = synthetic_coco(SyntheticSpec(**(d.get("synthetic") or {}))) if du.is_main_process() else None
+        du.barrier()
+        splits = splits or synthetic_coco(SyntheticSpec(**(d.get("synthetic") or {})))
+        train = (splits.train_images, splits.train_annotations)
+        val = (splits.val_images, splits.val_annotations)
+    elif d["dataset"] == "coco":
+        base = datasets_root(d["root"])
+        train = (base / d["train"]["images"], base / d["train"]["annotations"])
+        val = (base / d["val"]["images"], base / d["val"]["annotations"])
+        if not train[1].is_file() and d["train"]["images"] == "coco/train2017":
+            hint = coco2017_split("train", d["root"])
+            raise DatasetError(
+                f"COCO 2017 not found: {hint.annotations} is missing; put COCO under "
+                f"{base}/coco or set $VITINIT_DATASETS (or data.root=...)"
+            )
+    elif d["dataset"] == "custom":
+        train = (Path(d["train"]["images"]), Path(d["train"]["annotations"]))
+        val = (Path(d["val"]["images"]), Path(d["val"]["annotations"]))
+    else:
+        raise ConfigError(f"data.dataset must be coco, custom or synthetic, got {d['dataset']!r}")
+    ds = Datasets(
+        train=CocoDetection(*train, transforms=train_tf, train=True),
+        val=CocoDetection(*val, transforms=test_transform()),
+    )
+    if ds.train.label_to_category != ds.val.label_to_category:
+        raise DatasetError("train and val annotation files define different categories")
+    return ds
+
+
+def _device(recipe: dict, device: torch.device) -> torch.device:
+    want = recipe["train"]["device"]
+    if want == "cpu":
+        return torch.device("cpu")
+    if want == "cuda" and device.type != "cuda":
+        raise ConfigError("train.device=cuda but CUDA is not available")
+    return device
+
+
+def _amp(recipe: dict, device: torch.device) -> str | None:
+    amp = recipe["train"]["amp"]
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else None
+    return None if amp in (None, "none", False) else amp
+
+
+def train_worker(recipe: dict, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train and evaluate ``recipe`` in this process (one rank of a run when ``WORLD_SIZE`` is set)."""
+    run_dir = Path(run_dir)
+    device = _device(recipe, du.init_distributed())
+    world, rank = du.world_size(), du.rank()
+    if device.type == "cpu" and world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    try:
+        return _train(recipe, run_dir, device, resume=resume, progress=progress, world=world, rank=rank)
+    finally:
+        du.destroy_distributed()
+
+
+def _train(
+    recipe: dict, run_dir: Path, device: torch.device, *, resume: bool, progress: bool, world: int, rank: int
+) -> dict:
+    main = rank == 0
+    seed = recipe["train"]["seed"]
+    data = build_datasets(recipe)
+    torch.manual_seed(seed)  # same fresh weights on every rank
+    backbone, state, provenance = load_weights(recipe)
+    model = build_model(recipe, backbone, data.train.num_classes)
+    if state is not None:
+        load_backbone_state(model.backbone.vit, state)
+    changed = apply_position_policy(model.backbone.vit, recipe)
+    if changed:
+        provenance = {**provenance, "position_policy": changed}
+    model = convert_sync_batchnorm(model, device).to(device)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "weights.json", provenance)
+        with atomic_path(run_dir / "recipe.yaml") as tmp:
+            tmp.write_text(to_yaml(recipe))
+
+    o, s, t = recipe["optim"], recipe["schedule"], recipe["train"]
+    optimizer = build_optimizer(
+        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"]
+    )
+    ddp_model = model
+    if world > 1:
+        blocks = set(backbone.global_block_indexes)
+        unused = not blocks or len(blocks) == backbone.depth  # one shared rel-pos table is then unused
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
+        )
+
+    lr_hook = H.LRSchedule(
+        warmup_iters=s["warmup_iters"],
+        warmup_factor=s["warmup_factor"],
+        policy=s["policy"],
+        milestones=tuple(s["milestones"]),
+        gamma=s["gamma"],
+    )
+    metrics = H.MetricsWriter(run_dir / "metrics.jsonl", t["log_period"], lr_hook=lr_hook)
+    epoch_of = lambda it: round(it * t["batch_size"] / recipe["data"]["epoch_images"], 4)  # noqa: E731
+
+    def evaluate(iteration: int) -> dict:
+        result = run_evaluation(model, data.val, recipe, device, run_dir / "eval" / f"iter_{iteration:07d}")
+        entry = {"kind": "eval", "iter": iteration, "epoch": epoch_of(iteration), **result}
+        if main:
+            write_json(
+                run_dir / "eval" / f"iter_{iteration:07d}" / "metrics.json",
+                {k: v for k, v in entry.items() if k != "kind"},
+            )
+            metrics.write(entry)
+            write_results(run_dir, recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
+        return entry
+
+    e = recipe["eval"]
+    eval_hook = H.Evaluate(evaluate, e["period"] or 0, at_start=e["at_start"])
+    checkpoint = H.Checkpoint(run_dir / "checkpoints", t["checkpoint_period"])
+    trainer = Trainer(
+        ddp_model,
+        optimizer,
+        None,
+        max_iter=s["iters"],
+        device=device,
+        amp=_amp(recipe, device),
+        clip_grad_norm=o["clip_grad_norm"],
+        hooks=[
+            lr_hook,
+            eval_hook,
+            checkpoint,
+            metrics,
+            H.Progress(lr_hook=lr_hook, enabled=progress, description=recipe["name"]),
+        ],
+    )
+    if resume:
+        if not checkpoint.last.is_file():
+            raise TrainingError(f"nothing to resume: {checkpoint.last} does not exist")
+        trainer.load_state_dict(H.restore_rng(H.load_checkpoint(checkpoint.last)))
+        log.info("resuming %s at iteration %d", run_dir, trainer.start_iter)
+    trainer.data = _train_loader(data.train, recipe, trainer.start_iter, rank, world)
+    try:
+        trainer.train()
+    except BaseException as err:
+        if main:
+            msg = " ".join(str(err).split()) or type(err).__name__
+            write_results(run_dir, recipe, eval_hook.history, "failed", data.val.annotation_file, error=msg)
+        raise
+    results = (
+        write_results(run_dir, recipe, eval_hook.history, "finished", data.val.annotation_file)
+        if main
+        else {}
+    )
+    if main and importlib.util.find_spec("tidecv") is not None:
+        _tide(run_dir)
+    return results
+
+
+def _train_loader(
+    dataset: CocoDetection, recipe: dict, start_iter: int, rank: int, world: int
+) -> torch.utils.data.DataLoader:
+    seed = recipe["train"]["seed"]
+    sampler = StreamSampler(
+        len(dataset),
+        batch_size=recipe["train"]["batch_size"],
+        seed=seed,
+        start_iter=start_iter,
+        rank=rank,
+        world_size=world,
+    )
+    workers = recipe["data"]["num_workers"]
+    # Its own generator: creating the loader's iterator would otherwise draw from the global RNG, which a
+    # resumed run does at a different moment than an uninterrupted one.
+    return torch.utils.data.DataLoader(
+        SeededSamples(dataset, seed),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def run_evaluation(
+    model: torch.nn.Module, dataset: CocoDetection, recipe: dict, device: torch.device, out_dir: Path
+) -> dict:
+    """COCO box and mask AP of ``model`` on ``dataset`` (each rank scores its share; results are gathered)."""
+    e = recipe["eval"]
+    indices = list(range(len(dataset)))[: e["max_images"] or None]
+    shard = indices[du.rank() :: du.world_size()]
+    evaluator = COCOEvaluator(dataset.annotation_file, dataset.label_to_category)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, shard), batch_size=e["batch_size"], collate_fn=collate, num_workers=0
+    )
+    was_training = model.training
+    model.eval()
+    amp = _amp(recipe, device)
+    with torch.no_grad():
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            ctx = (
+                torch.autocast(device.type, dtype=torch.bfloat16)
+                if amp == "bf16"
+                else torch.autocast(device.type, enabled=False)
+            )
+            with ctx:
+                outputs = model(images)
+            evaluator.process(targets, outputs)
+    model.train(was_training)
+    evaluator.gather()
+    if du.is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = evaluator.evaluate(out_dir)
+    else:
+        result = None
+    return du.broadcast_object(result)
+
+
+def _tide(run_dir: Path) -> None:
+    try:
+        from vitinit.analysis.tide import analyze_run
+    except ImportError:
+        return
+    try:
+        analyze_run(run_dir)
+    except Exception as e:  # the analysis is a bonus; a failure there must not fail a finished run
+        log.warning("TIDE analysis skipped: %s", e)
+

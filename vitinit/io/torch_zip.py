@@ -1,0 +1,280 @@
+"""Stream the tensors of a PyTorch zip checkpoint without unpickling anything the file asks for.
+
+A ``torch.save`` file is a zip archive: ``<name>/data.pkl`` is a pickle of the containers (dicts, Namespaces,
+...) whose tensors point by key at raw storage records ``<name>/data/<key>``, which torch writes *stored*
+(uncompressed). So every tensor can be read with ``os.preadv`` straight from its byte
+range in the file, into a fresh buffer, when its :class:`LazyTensor` is loaded -- one tensor at a time, and
+nothing stays mapped (``torch.load(mmap=True)`` ends with the whole file in RSS; see
+shared/reference/performance.md).
+
+``data.pkl`` is read by :class:`_StreamingUnpickler`, whose ``find_class`` only hands out a short allow-list
+(harmless constructors, storage type markers, and torch's tensor rebuild functions replaced by descriptor
+builders), so the pickle can name nothing that runs code. Anything outside what this reader handles (another
+global, a compressed record, a foreign byte order, conj/neg bits) raises :class:`_NotStreamable`, and
+:func:`vitinit.io.load.open_checkpoint` hands the file to ``torch.load(weights_only=True)`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from vitinit.canonical import LazyTensor
+from vitinit.errors import CheckpointFormatError
+
+
+class _NotStreamable(Exception):
+    """The zip pickle needs something the streaming reader does not handle; torch.load decides instead."""
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    key: str
+    dtype: torch.dtype
+    numel: int  # in elements of dtype
+
+
+class _StorageType:
+    """Stands in for ``torch.FloatStorage`` & co. in the pickle: only its dtype matters."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+_STORAGE_TYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+class _ZipTensorFile:
+    """One open handle on a zip checkpoint plus the byte offset of every ``data/<key>`` entry."""
+
+    def __init__(self, path: Path, handle: BinaryIO, entries: dict[str, zipfile.ZipInfo]):
+        self.path, self.handle, self.entries = path, handle, entries
+        self.size = os.fstat(handle.fileno()).st_size
+        self._offsets: dict[str, int] = {}
+
+    def data_offset(self, key: str) -> int:
+        """File offset of entry ``key``'s first byte (behind its local header, which carries padding)."""
+        if key not in self._offsets:
+            info = self.entries.get(key)
+            if info is None:
+                raise CheckpointFormatError(f"{self.path}: tensor data record {key!r} is missing")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _NotStreamable(f"record {key} is compressed")
+            header = os.pread(self.handle.fileno(), 30, info.header_offset)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise CheckpointFormatError(f"{self.path}: corrupt zip local header for record {key!r}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            self._offsets[key] = info.header_offset + 30 + name_len + extra_len
+        return self._offsets[key]
+
+    def read(self, offset: int, nbytes: int) -> torch.Tensor:
+        """``nbytes`` bytes at ``offset`` as a fresh uint8 tensor, read straight into its memory."""
+        if offset + nbytes > self.size:
+            raise CheckpointFormatError(f"{self.path}: file is truncated (tensor data runs past its end)")
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy()).cast("B")
+        done = 0
+        while done < nbytes:
+            n = os.preadv(self.handle.fileno(), [view[done:]], offset + done)
+            if n <= 0:
+                raise CheckpointFormatError(f"{self.path}: file is truncated (short read)")
+            done += n
+        return buf
+
+
+class _ZipTensorReader:
+    """Loader of one tensor of a zip checkpoint: reads only the bytes its view spans."""
+
+    def __init__(self, file: _ZipTensorFile, storage: _StorageRef, offset: int, size: tuple, stride: tuple):
+        self.file, self.storage, self.offset, self.size, self.stride = file, storage, offset, size, stride
+
+    def __call__(self) -> torch.Tensor:
+        itemsize = self.storage.dtype.itemsize
+        if any(s == 0 for s in self.size):
+            return torch.empty(self.size, dtype=self.storage.dtype)
+        # Elements the view spans in its storage (a transposed or sliced view spans more than its numel).
+        extent = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
+        if self.offset + extent > self.storage.numel:
+            raise CheckpointFormatError(
+                f"{self.file.path}: a tensor view runs past its storage record {self.storage.key!r}"
+            )
+        start = self.file.data_offset(self.storage.key) + self.offset * itemsize
+        flat = self.file.read(start, extent * itemsize).view(self.storage.dtype)
+        if _is_compact(self.size, self.stride):
+            return flat.view(self.size)
+        # A strided view (e.g. a transposed weight) is copied out so that the caller never keeps a larger
+        # buffer alive than the tensor itself.
+        return torch.as_strided(flat, self.size, self.stride).contiguous()
+
+    @property
+    def byte_range(self) -> tuple[int, int] | None:
+        """(file offset, nbytes) when the tensor is one compact run of bytes in the file, else None.
+
+        Lets a writer copy a tensor that passes through unchanged without bringing it into Python.
+        """
+        if not _is_compact(self.size, self.stride):
+            return None
+        numel = 1
+        for n in self.size:
+            numel *= n
+        itemsize = self.storage.dtype.itemsize
+        return self.file.data_offset(self.storage.key) + self.offset * itemsize, numel * itemsize
+
+
+def _is_compact(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """True when (size, stride) is C-contiguous (dims of size 1 may carry any stride)."""
+    expected = 1
+    for n, s in zip(reversed(size), reversed(stride), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+# What data.pkl may name, besides the storage types: harmless constructors ...
+_STREAMING_PLAIN_GLOBALS: dict[str, Any] = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "argparse.Namespace": argparse.Namespace,
+    "torch.Size": torch.Size,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+}
+# ... and torch's tensor rebuild functions, replaced by the unpickler's descriptor builders (method names).
+_STREAMING_REBUILDERS = {
+    "torch._utils._rebuild_tensor_v2": "_rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor": "_rebuild_tensor",
+    "torch._utils._rebuild_parameter": "_rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state": "_rebuild_parameter",
+}
+
+
+class _StreamingUnpickler(pickle.Unpickler):
+    """Reads ``data.pkl`` of a zip checkpoint into plain containers whose tensors are :class:`LazyTensor`.
+
+    Only the globals below can be named by the pickle; the tensor rebuild functions are replaced by
+    functions that build descriptors, so nothing here can run code the file asks for (the restricted
+    ``find_class`` pattern of the Python ``pickle`` documentation).
+    """
+
+    def __init__(self, data: BinaryIO, file: _ZipTensorFile):
+        super().__init__(data)
+        self.file = file
+        self.storages: dict[str, _StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualified = f"{module}.{name}"
+        if module == "torch" and name in _STORAGE_TYPES:
+            return _StorageType(_STORAGE_TYPES[name])
+        if qualified in _STREAMING_REBUILDERS:
+            return getattr(self, _STREAMING_REBUILDERS[qualified])
+        if qualified in _STREAMING_PLAIN_GLOBALS:
+            return _STREAMING_PLAIN_GLOBALS[qualified]
+        raise _NotStreamable(f"global {qualified}")
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _NotStreamable(f"persistent id {str(pid)[:60]}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise _NotStreamable(f"storage type {storage_type!r}")
+        ref = _StorageRef(str(key), storage_type.dtype, int(numel))
+        self.storages.setdefault(ref.key, ref)
+        return self.storages[ref.key]
+
+    def _rebuild_tensor(self, storage: _StorageRef, offset: int, size: tuple, stride: tuple) -> LazyTensor:
+        if not isinstance(storage, _StorageRef):
+            raise CheckpointFormatError(f"{self.file.path}: malformed tensor record in data.pkl")
+        size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        if len(size) != len(stride) or any(s < 0 for s in size + stride) or offset < 0:
+            raise CheckpointFormatError(f"{self.file.path}: malformed tensor record in data.pkl")
+        reader = _ZipTensorReader(self.file, storage, int(offset), size, stride)
+        return LazyTensor(size, storage.dtype, reader)
+
+    def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad, hooks, metadata=None):
+        if metadata:  # conj/neg bits: rare, let torch handle them
+            raise _NotStreamable("tensor metadata")
+        return self._rebuild_tensor(storage, offset, size, stride)
+
+    @staticmethod
+    def _rebuild_parameter(data: LazyTensor, requires_grad: bool, hooks: Any, state: Any = None) -> Any:
+        return data  # a Parameter is its data here: requires_grad means nothing to a converter
+
+
+def _open_torch_zip_streaming(path: Path) -> Mapping:
+    """The unpickled ``data.pkl`` of ``path``, its tensors :class:`LazyTensor` reading from the file."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    with archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise CheckpointFormatError(f"{path}: zip file without a PyTorch data.pkl record")
+        prefix = pickles[0].rsplit("/", 1)[0] + "/"
+        byteorder = prefix + "byteorder"
+        if byteorder in archive.namelist() and archive.read(byteorder).decode() != sys.byteorder:
+            raise _NotStreamable("byte order differs from this machine's")
+        entries = {
+            info.filename[len(prefix + "data/"):]: info
+            for info in archive.infolist()
+            if info.filename.startswith(prefix + "data/")
+        }
+        try:
+            data = archive.read(pickles[0])
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointFormatError(f"{path}: corrupt data.pkl ({_first_line(e)})") from None
+    # The handle stays open as long as any LazyTensor refers to it (the GC closes it).
+    handle = open(path, "rb")
+    file = _ZipTensorFile(path, handle, entries)
+    try:
+        obj = _unpickle_lazily(data, file)
+    except BaseException:
+        handle.close()
+        raise
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def _unpickle_lazily(data: bytes, file: _ZipTensorFile) -> Any:
+    """Unpickle ``data.pkl``; check every storage record against the zip before any tensor is read."""
+    unpickler = _StreamingUnpickler(io.BytesIO(data), file)
+    try:
+        obj = unpickler.load()
+    except (_NotStreamable, CheckpointFormatError):
+        raise
+    except Exception as e:  # a malformed pickle raises anything from UnpicklingError to TypeError
+        raise CheckpointFormatError(f"{file.path}: corrupt data.pkl ({_first_line(e)})") from None
+    for ref in unpickler.storages.values():
+        info = file.entries.get(ref.key)
+        nbytes = ref.numel * ref.dtype.itemsize
+        if info is None:
+            raise CheckpointFormatError(f"{file.path}: tensor data record {ref.key!r} is missing")
+        if info.file_size < nbytes:
+            raise CheckpointFormatError(f"{file.path}: tensor data record {ref.key!r} is too short")
+        if file.data_offset(ref.key) + nbytes > file.size:  # also: _NotStreamable for a compressed record
+            raise CheckpointFormatError(f"{file.path}: file is truncated (tensor data runs past its end)")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first message line, for one-line errors (vitinit.io.load imports it from here)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
