@@ -45,3 +45,10 @@ class TrainingError(VitinitError, RuntimeError):
 
 class MissingDependencyError(VitinitError, ImportError):
     """An optional extra is needed for this feature (the message names the ``pip install``)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, whitespace-folded: the cause part of a
+    one-line error built around a library's (often multi-line) exception."""
+    lines = [" ".join(ln.split()) for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0][:limit] if lines else "") or type(e).__name__

@@ -37,12 +37,11 @@ from typing import Any
 import torch
 
 from vitinit.canonical import LazyTensor
-from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError
+from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line
 from vitinit.io.torch_zip import (
     _STORAGE_TYPES,
     _STREAMING_PLAIN_GLOBALS,
     _STREAMING_REBUILDERS,
-    _first_line,
     _NotStreamable,
     _open_torch_zip_streaming,
 )
@@ -160,7 +159,7 @@ def _open_safetensors(path: Path) -> RawCheckpoint:
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         if isinstance(e, CheckpointFormatError):
             raise
-        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     return RawCheckpoint(path, tree, "safetensors", metadata=dict(metadata))
 
 
@@ -176,7 +175,7 @@ class _SafetensorsReader:
         try:
             return self.handle.get_tensor(self.key)
         except (SafetensorError, OSError) as e:
-            msg = f"{self.path}: cannot read tensor {self.key!r} ({_first_line(e)})"
+            msg = f"{self.path}: cannot read tensor {self.key!r} ({first_line(e)})"
             raise CheckpointFormatError(msg) from None
 
 
@@ -209,7 +208,7 @@ def _torch_load(path: Path, *, mmap: bool) -> Mapping:
                 f"{path}: refused to unpickle an object outside the allow-list ({_unsafe_global(path, e)}); "
                 "nothing in the file was executed"
             ) from None
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj

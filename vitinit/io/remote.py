@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vitinit.errors import CheckpointFormatError, DownloadError
+from vitinit.errors import CheckpointFormatError, DownloadError, first_line
 from vitinit.io.progress import byte_progress
 from vitinit.io.registry import NOT_RELEASED, OFFICIAL_CHECKPOINTS, OfficialCheckpoint, official_checkpoint
 from vitinit.io.save import atomic_path
@@ -208,7 +208,7 @@ def fetch_hf(uri: str, *, cache_dir: Path | None = None) -> Path:
         elif {c.__name__ for c in type(e).__mro__} & _HF_NOT_FOUND:
             state = "not found on the hub"
         else:
-            state = _first_line(e)
+            state = first_line(e)
         raise DownloadError(
             f"cannot fetch {uri} from {where} ({state}); download it yourself and pass the local file/folder"
         ) from None
@@ -228,6 +228,3 @@ def _hf_cache(cache_dir: Path | None) -> str | None:
     return None  # huggingface_hub's default
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [" ".join(ln.split()) for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0][:200] if lines else "") or type(e).__name__

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import torch
 
 from vitinit.canonical import LazyTensor
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, first_line
 
 
 class _NotStreamable(Exception):
@@ -222,7 +222,7 @@ def _open_torch_zip_streaming(path: Path) -> Mapping:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
@@ -239,7 +239,7 @@ def _open_torch_zip_streaming(path: Path) -> Mapping:
         try:
             data = archive.read(pickles[0])
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointFormatError(f"{path}: corrupt data.pkl ({_first_line(e)})") from None
+            raise CheckpointFormatError(f"{path}: corrupt data.pkl ({first_line(e)})") from None
     # The handle stays open as long as any LazyTensor refers to it (the GC closes it).
     handle = open(path, "rb")
     file = _ZipTensorFile(path, handle, entries)
@@ -261,7 +261,7 @@ def _unpickle_lazily(data: bytes, file: _ZipTensorFile) -> Any:
     except (_NotStreamable, CheckpointFormatError):
         raise
     except Exception as e:  # a malformed pickle raises anything from UnpicklingError to TypeError
-        raise CheckpointFormatError(f"{file.path}: corrupt data.pkl ({_first_line(e)})") from None
+        raise CheckpointFormatError(f"{file.path}: corrupt data.pkl ({first_line(e)})") from None
     for ref in unpickler.storages.values():
         info = file.entries.get(ref.key)
         nbytes = ref.numel * ref.dtype.itemsize
@@ -274,7 +274,3 @@ def _unpickle_lazily(data: bytes, file: _ZipTensorFile) -> Any:
     return obj
 
 
-def _first_line(e: BaseException) -> str:
-    """An exception's first message line, for one-line errors (vitinit.io.load imports it from here)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
