@@ -52,17 +52,26 @@ _TOP_LEVEL = {
     "rel_pos_bias.relative_position_bias_table",
 }
 
+# Why a key is not part of a detection backbone; shared by the timm-layout rules below and the HF reader's.
+WHY_DROPPED = {
+    "rel_index": "recomputed from the window size",
+    "cls_token": "the detection backbone has no class token",
+    "mask_token": "only used by masked-image-modeling pre-training",
+    "decoder": "MAE decoder: only used in pre-training",
+    "final_norm": "final norm: the detection backbone (as ViTDet) has none",
+}
+
 # Keys that are not part of a detection backbone, with the reason recorded in provenance.
 # Order matters: the first matching pattern names the group.
 DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, reason)
-    (r"(^|\.)relative_position_index$", "*.relative_position_index", "recomputed from the window size"),
-    (r"^cls_token$", "cls_token", "the detection backbone has no class token"),
+    (r"(^|\.)relative_position_index$", "*.relative_position_index", WHY_DROPPED["rel_index"]),
+    (r"^cls_token$", "cls_token", WHY_DROPPED["cls_token"]),
     (r"^dist_token$", "dist_token", "DeiT distillation token: no detection use"),
-    (r"^mask_token$", "mask_token", "only used by masked-image-modeling pre-training"),
-    (r"^decoder_", "decoder_*", "MAE decoder: only used in pre-training"),
+    (r"^mask_token$", "mask_token", WHY_DROPPED["mask_token"]),
+    (r"^decoder_", "decoder_*", WHY_DROPPED["decoder"]),
     (r"^lm_head\.", "lm_head.*", "BEiT masked-image-modeling head"),
     (r"^cls_pt_layers\.", "cls_pt_layers.*", "BEiT v2 pre-training-only blocks"),
-    (r"^norm\.", "norm.*", "final norm: the detection backbone (as ViTDet) has none"),
+    (r"^norm\.", "norm.*", WHY_DROPPED["final_norm"]),
     (r"^fc_norm\.", "fc_norm.*", "pooling norm of the classifier"),
     (r"^(head|head_dist|pre_logits)(\.|$)", "head.*", "classifier head"),
 ]
@@ -89,9 +98,11 @@ def is_timm_layout(sd: Mapping[str, LazyTensor]) -> bool:
     return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd
 
 
-def drop_reason(key: str) -> tuple[str, str] | None:
-    """(group, reason) when ``key`` is known and not part of the backbone."""
-    for pattern, group, reason in DROP_RULES:
+def drop_reason(
+    key: str, rules: list[tuple[str, str, str]] = DROP_RULES
+) -> tuple[str, str] | None:
+    """(group, reason) when ``key`` matches one of ``rules`` (regex, group, reason): not backbone."""
+    for pattern, group, reason in rules:
         if re.search(pattern, key):
             return group, reason
     return None

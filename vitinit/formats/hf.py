@@ -13,7 +13,7 @@ import re
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats._common import build_checkpoint, concat_rows, record_dropped
+from vitinit.formats._common import WHY_DROPPED, build_checkpoint, concat_rows, drop_reason, record_dropped
 from vitinit.io.load import RawCheckpoint
 
 # config.json "model_type" → (family, format)
@@ -62,11 +62,11 @@ _RENAMES: list[tuple[str, str]] = [
     (r"(?:encoder\.layer|layers)\.(\d+)\.lambda_([12])", "blocks.{0}.gamma_{1}"),
 ]
 _DROPS: list[tuple[str, str, str]] = [
-    (r"(^|\.)relative_position_index$", "*.relative_position_index", "recomputed from the window size"),
-    (r"^embeddings\.cls_token$", "embeddings.cls_token", "the detection backbone has no class token"),
-    (r"^embeddings\.mask_token$", "embeddings.mask_token", "only used by masked-image-modeling pre-training"),
-    (r"^decoder\.", "decoder.*", "MAE decoder: only used in pre-training"),
-    (r"^layernorm\.", "layernorm.*", "final norm: the detection backbone (as ViTDet) has none"),
+    (r"(^|\.)relative_position_index$", "*.relative_position_index", WHY_DROPPED["rel_index"]),
+    (r"^embeddings\.cls_token$", "embeddings.cls_token", WHY_DROPPED["cls_token"]),
+    (r"^embeddings\.mask_token$", "embeddings.mask_token", WHY_DROPPED["mask_token"]),
+    (r"^decoder\.", "decoder.*", WHY_DROPPED["decoder"]),
+    (r"^layernorm\.", "layernorm.*", WHY_DROPPED["final_norm"]),
     (r"^pooler\.", "pooler.*", "classifier pooling"),
     (r"^(classifier|lm_head)\.", "classifier.* / lm_head.*", "classifier / MIM head"),
 ]
@@ -102,12 +102,11 @@ def _canonical(sd: dict[str, LazyTensor], fmt: str) -> tuple[TensorMap, dict[str
                 out[target.format(*m.groups())] = t
                 break
         else:
-            for pattern, group, reason in _DROPS:
-                if re.search(pattern, name):
-                    record_dropped(dropped, counts, key, group, reason)
-                    break
-            else:
+            why = drop_reason(name, _DROPS)
+            if why is None:
                 unknown.append(key)
+            else:
+                record_dropped(dropped, counts, key, *why)
     if unknown:
         raise CheckpointFormatError(f"{fmt}: unexpected key(s) {', '.join(sorted(unknown)[:3])}")
     blocks = sorted({int(k.split(".")[1]) for k in out if k.startswith("blocks.")})
