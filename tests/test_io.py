@@ -295,3 +295,35 @@ def test_write_from_a_streamed_source(tmp_path):
     meta = {"source_sha256": sha256_file(src)}
     write_safetensors(out, open_checkpoint(src).tensors("model"), meta, progress=True)
     _assert_same(open_checkpoint(out).tensors(), sd)
+
+
+def test_late_metadata_is_written_into_the_final_header(tmp_path):
+    """Metadata known only after the data (a concurrently computed source hash) lands in the header, and the
+    returned sha256 is that of the final file."""
+    out = tmp_path / "late.safetensors"
+    tensors = {"a": LazyTensor.of(torch.arange(6.0).reshape(2, 3)), "b": LazyTensor.of(torch.ones(4))}
+    sizes_when_called = []
+
+    def late_value() -> str:
+        # Called once every tensor is in the temp file: its size is already the final one.
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}.")]
+        sizes_when_called.append(tmp.stat().st_size)
+        return "f" * 64
+
+    sha = write_safetensors(out, tensors, {"hash": "0" * 64, "kept": "x"}, late_metadata={"hash": late_value})
+    assert sizes_when_called == [out.stat().st_size]
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"hash": "f" * 64, "kept": "x"}
+        torch.testing.assert_close(f.get_tensor("a"), torch.arange(6.0).reshape(2, 3))
+    assert sha == sha256_file(out)
+
+
+def test_late_metadata_that_changes_length_leaves_no_file(tmp_path):
+    out = tmp_path / "late.safetensors"
+    tensors = {"a": LazyTensor.of(torch.zeros(3))}
+    with pytest.raises(ValueError, match="changed length"):
+        write_safetensors(out, tensors, {"hash": "0" * 64}, late_metadata={"hash": lambda: "short"})
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="provisional"):
+        write_safetensors(out, tensors, {}, late_metadata={"hash": lambda: "x"})
+    assert list(tmp_path.iterdir()) == []

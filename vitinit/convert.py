@@ -7,12 +7,13 @@ failure leaves neither a partial output nor a changed source.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitinit.canonical import Checkpoint, ViTSpec
 from vitinit.errors import ConfigError
-from vitinit.formats import FAMILIES, read_checkpoint
+from vitinit.formats import FAMILIES, read_checkpoint, source_sha256
 from vitinit.io.save import check_output_path
 from vitinit.modeling.vit import ViTBackboneConfig
 from vitinit.normalize.detection import (
@@ -65,13 +66,16 @@ def load_source(
     model: str | None = None,
     num_heads: int | None = None,
     seed: int = 0,
+    hash_source: bool = True,
 ) -> Checkpoint:
     """Resolve ``source`` (local path, ``hf://``/``https://`` or None = the official release) and read it."""
     if family != "random" and (source is None or "://" in str(source)):
         from vitinit.io.remote import resolve_source  # lazy: network machinery only when needed
 
         source = resolve_source(source, family=family, model=model or "vit-b")
-    return read_checkpoint(source, family=family, model=model, num_heads=num_heads, seed=seed)
+    return read_checkpoint(
+        source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=hash_source
+    )
 
 
 def convert(
@@ -102,7 +106,12 @@ def convert(
     _check_options(family, target, layer_scale, rel_pos, rel_pos_resize)
     if output is not None:  # claim the path before reading a multi-GB source
         check_output_path(output, overwrite=overwrite)
-    ckpt = load_source(source, family=family, model=model, num_heads=num_heads, seed=seed)
+    # The source is hashed by a second thread while the vitdet target streams its output (the hash only
+    # lands in the header, rewritten at the end); the detectron2 target needs it before writing.
+    hash_later = target == "vitdet" and family != "random"
+    ckpt = load_source(
+        source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=not hash_later
+    )
     fam = ckpt.provenance.family
     out = Path(output) if output is not None else Path(default_output_name(fam, ckpt.spec, target, size))
     check_output_path(out, overwrite=overwrite)
@@ -121,7 +130,16 @@ def convert(
         tensors, prov = to_vitdet(
             ckpt, config, layer_scale=layer_scale, rel_pos_resize=rel_pos_resize, seed=seed
         )
-        sha = write_vitdet(out, config, tensors, prov, overwrite=overwrite, progress=progress)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
+            source_hash = pool.submit(source_sha256, ckpt.provenance.source) if hash_later else None
+            try:
+                sha = write_vitdet(
+                    out, config, tensors, prov, overwrite=overwrite, progress=progress,
+                    source_sha256=source_hash.result if source_hash else None,
+                )
+            finally:
+                if source_hash is not None:
+                    source_hash.cancel()
         result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec, config=config)
         if pth_out is not None:
             result.pth_path, result.pth_sha256 = pth_out, write_vitdet_pth(pth_out, out, overwrite=overwrite)

@@ -62,6 +62,7 @@ def read_checkpoint(
     model: str | None = None,
     num_heads: int | None = None,
     seed: int = 0,
+    hash_source: bool = True,
 ) -> Checkpoint:
     """Read a local checkpoint file or transformers folder into canonical form, validated.
 
@@ -72,6 +73,8 @@ def read_checkpoint(
         model: expected size (``vit-b``...); an error when the shapes say otherwise.
         num_heads: head count for custom sizes (it cannot be read from the weights).
         seed: seed of the random initialization.
+        hash_source: put the source's sha256 into the provenance now; a caller that hashes it
+            concurrently (``vitinit.convert``) passes False and fills it in with :func:`source_sha256`.
 
     Example:
         >>> ckpt = read_checkpoint("mae_pretrain_vit_base.pth")  # doctest: +SKIP
@@ -93,7 +96,8 @@ def read_checkpoint(
     ckpt = reader.read(raw, model=model, num_heads=num_heads)
     if ckpt.provenance.family != fam:
         raise CheckpointFormatError(f"{source}: holds a {ckpt.provenance.family} model, not {fam}")
-    ckpt.provenance.sha256 = _source_sha256(raw)
+    if hash_source:
+        ckpt.provenance.sha256 = source_sha256(raw.path)
     ckpt.provenance.notes.append(
         f"detected as {fam} (scores: {table})" if family == "auto" else f"--from {fam}"
     )
@@ -101,8 +105,9 @@ def read_checkpoint(
     return ckpt
 
 
-def _source_sha256(raw: RawCheckpoint) -> str:
-    path = Path(raw.path)
+def source_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of the weights file of a transformers folder."""
+    path = Path(path)
     if path.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():

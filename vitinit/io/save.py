@@ -13,7 +13,7 @@ import os
 import struct
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ def write_safetensors(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    late_metadata: Mapping[str, Callable[[], str]] | None = None,
 ) -> str:
     """Write ``tensors`` as a ``.safetensors`` file one tensor at a time; return the file's sha256.
 
@@ -121,10 +122,17 @@ def write_safetensors(
     beside ``path`` that is renamed into place only when complete: on any error, KeyboardInterrupt
     included, no file is left at ``path`` or beside it.
 
+    ``late_metadata`` maps metadata keys to functions called only after every tensor is written (say, a
+    source hash computed by another thread meanwhile). The header is written with the provisional values
+    in ``metadata`` and rewritten in place at the end, so each final value must have the byte length of its
+    provisional one; the file is then hashed from the page cache while it is flushed to disk.
+
     Example:
         >>> sha = write_safetensors("out.safetensors", {"w": LazyTensor.of(torch.zeros(2))}, {"k": "v"})
     """
     path = check_output_path(path, overwrite=overwrite)
+    if late_metadata:
+        return _write_with_late_metadata(path, tensors, metadata, late_metadata, progress=progress)
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
     digest = hashlib.sha256(prefix)
@@ -137,12 +145,8 @@ def write_safetensors(
         out.write(prefix)
         advance(len(prefix))
         for name in order:
-            declared = tensors[name]
-            tensor = declared.load()
-            if tensor.dtype != declared.dtype:
-                raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
-            if declared.nbytes:
-                data = _tensor_bytes(tensor)
+            data = _loaded_bytes(name, tensors[name])
+            if len(data):
                 # The hasher thread walks the same bytes while this one writes them, chunk by chunk, so each
                 # chunk is read from memory about once (hashlib and file writes release the GIL). Whole-tensor
                 # write-then-hash ran ~2x slower here: memory bandwidth, not CPU, bounds this loop.
@@ -151,12 +155,62 @@ def write_safetensors(
                     out.write(data[start : start + _CHUNK])
                 hashing.result()
                 advance(len(data))
-                del data
-            del tensor  # drop this tensor's buffer before the next one is read
+            del data  # drop this tensor's buffer before the next one is read
     return digest.hexdigest()
 
 
 _CHUNK = 1 << 20  # fits in L2 cache
+
+
+def _write_with_late_metadata(
+    path: Path,
+    tensors: Mapping[str, LazyTensor],
+    metadata: dict[str, str],
+    late_metadata: Mapping[str, Callable[[], str]],
+    *,
+    progress: bool,
+) -> str:
+    """:func:`write_safetensors` when some metadata is only known after the data (see its docstring)."""
+    missing = sorted(set(late_metadata) - set(metadata))
+    if missing:
+        raise ValueError(f"late metadata keys need a provisional value in metadata: {missing}")
+    prefix, order = safetensors_header(tensors, metadata)
+    total = len(prefix) + sum(tensors[k].nbytes for k in order)
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as out,
+        byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
+    ):
+        out.write(prefix)
+        advance(len(prefix))
+        for name in order:
+            data = _loaded_bytes(name, tensors[name])
+            out.write(data)
+            advance(len(data))
+            del data  # drop this tensor's buffer before the next one is read
+        out.flush()  # the data reaches the kernel while the late values may still be computing
+        final = {**metadata, **{k: str(get()) for k, get in late_metadata.items()}}
+        final_prefix, final_order = safetensors_header(tensors, final)
+        changed = [k for k in late_metadata if len(final[k].encode()) != len(metadata[k].encode())]
+        if changed or len(final_prefix) != len(prefix) or final_order != order:
+            raise ValueError(f"late metadata changed length: {changed or 'header'}")
+        out.seek(0)
+        out.write(final_prefix)
+        out.flush()
+        # Hash (from the page cache) while the kernel writes the file out; atomic_path's fsync then finds
+        # nothing left to do.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-fsync") as syncer:
+            synced = syncer.submit(os.fsync, out.fileno())
+            digest = sha256_file(tmp)
+            synced.result()
+    return digest
+
+
+def _loaded_bytes(name: str, declared: LazyTensor) -> memoryview:
+    tensor = declared.load()
+    if tensor.dtype != declared.dtype:
+        raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
+    return _tensor_bytes(tensor) if declared.nbytes else memoryview(b"")
 
 
 def _update_in_chunks(digest: Any, data: memoryview) -> None:

@@ -9,8 +9,9 @@ tensors and strings, so ``torch.load(weights_only=True)`` reads it).
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vitinit.modeling.vit import ViTBackboneConfig
 
 FORMAT = "vitinit.vitdet"
 FORMAT_VERSION = "1"
+SHA256_HEX_LENGTH = 64
 
 
 @dataclass
@@ -54,10 +56,29 @@ def write_vitdet(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    source_sha256: Callable[[], str] | None = None,
 ) -> str:
-    """Stream ``tensors`` into ``path`` atomically; return the written file's sha256."""
+    """Stream ``tensors`` into ``path`` atomically; return the written file's sha256.
+
+    ``source_sha256``, when given, is called after the tensors are written (the source is hashed by
+    another thread meanwhile, instead of before any byte is written); ``provenance.sha256`` is then set.
+    """
+    if source_sha256 is None:
+        return write_safetensors(
+            path, tensors, vitdet_metadata(config, provenance), overwrite=overwrite, progress=progress
+        )
+    provisional = Provenance.from_dict(provenance.to_dict())
+    provisional.sha256 = "0" * SHA256_HEX_LENGTH  # a sha256 hex digest always has this length
+
+    @functools.cache  # one source hash, two metadata entries
+    def final() -> dict[str, str]:
+        provenance.sha256 = source_sha256()
+        return vitdet_metadata(config, provenance)
+
+    late = {key: (lambda key=key: final()[key]) for key in ("provenance", "source_sha256")}
     return write_safetensors(
-        path, tensors, vitdet_metadata(config, provenance), overwrite=overwrite, progress=progress
+        path, tensors, vitdet_metadata(config, provisional), overwrite=overwrite, progress=progress,
+        late_metadata=late,
     )
 
 
