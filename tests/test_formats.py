@@ -48,6 +48,13 @@ CASES = {
         "supervised",
         "supervised/deit-distilled",
     ),
+    "deit3": (
+        lambda p: mf.deit3_checkpoint(p),
+        timm_vit_features,
+        "deit3.pth",
+        "supervised",
+        "supervised/deit",
+    ),
     "timm_safetensors": (
         lambda p: mf.timm_safetensors(p),
         timm_vit_features,
