@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -203,6 +205,8 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
         # Explicit so fpn_channels other than 256 work (torchvision's default assumes 256).
         mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes + 1),
     )
+    full_precision(model.rpn)
+    full_precision(model.roi_heads)
     if cfg.square_pad:
         t = model.transform
         model.transform = SquarePadTransform(
@@ -211,6 +215,28 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
         )
     model.config = cfg
     return model
+
+
+def full_precision(module: nn.Module) -> nn.Module:
+    """Run ``module`` with autocast off, whatever the caller enabled; returns it (state dict unchanged).
+
+    Mixed precision pays in the ViT, not in the heads, and it breaks them: torchvision's
+    ``BoxCoder.decode_single`` casts anchors and proposals to the dtype of the regression deltas, so under
+    bf16 every box lands on a 2–4 px grid at 1024 px (mean IoU 0.83 with the fp32 box for 8–32 px objects),
+    which lowers AP for any detector. detectron2 decodes in float32 for the same reason.
+    """
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def forward_fp32(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for device_type in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            return forward(*args, **kwargs)
+
+    module.forward = forward_fp32
+    return module
 
 
 class SquarePadTransform(GeneralizedRCNNTransform):
