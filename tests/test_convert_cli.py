@@ -197,6 +197,24 @@ def test_existing_output_needs_overwrite(files, tmp_path):
     assert res.exit_code == 0 and read_vitdet(out).config.img_size == 64
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--to", "detectron2", "-o", "{src}"),  # the output is the source itself
+        ("-o", "{stem}.safetensors", "--pth"),  # the .pth copy would land on the source
+    ],
+)
+def test_the_source_is_never_overwritten_even_with_overwrite(tmp_path, extra):
+    src = tmp_path / "mae.pth"
+    mf.mae_checkpoint(src)
+    before = sha256_file(src)
+    args = [a.format(src=src, stem=src.with_suffix("")) for a in extra]
+    res = run("convert", str(src), "--num-heads", "2", "--size", "64", "--overwrite", *args)
+    assert_one_line_failure(res, contains="is the source checkpoint")
+    assert sha256_file(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mae.pth"]
+
+
 def test_bad_options_are_one_line_errors(files, tmp_path):
     res = run("convert", str(files / "mae.pth"), "--to", "mmdet", "-o", str(tmp_path / "x.safetensors"))
     assert_one_line_failure(res, contains="--to must be one of")

@@ -83,6 +83,15 @@ def test_param_groups_weight_decay_and_layer_decay():
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
+def test_layer_scale_gets_no_weight_decay():
+    """BEiT's gamma_1/gamma_2 are exempt, as in BEiT's own fine-tuning (every 1-D parameter)."""
+    model = _tiny_detector(layer_scale=True)
+    groups = build_param_groups(model, lr=1e-3, weight_decay=0.1)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["backbone.vit.blocks.0.gamma_1"]["weight_decay"] == 0
+    assert by_name["backbone.vit.blocks.0.gamma_2"]["weight_decay"] == 0
+
+
 def test_stream_sampler_resumes_and_splits_ranks():
     full = StreamSampler(10, batch_size=4, seed=1)
     it = iter(full)

@@ -205,3 +205,18 @@ def test_random_init_distributions_and_seed():
     assert torch.equal(w, random_checkpoint("vit-s", seed=3).tensors["blocks.0.attn.qkv.weight"].load())
     assert not torch.equal(w, random_checkpoint("vit-s", seed=4).tensors["blocks.0.attn.qkv.weight"].load())
     assert read_checkpoint(None, family="random", model="vit-s").spec.variant == "vit-s"
+
+
+def test_mocov3_converted_file_without_arch_keeps_mocov3_head_count(tmp_path):
+    """convert_to_deit output has no 'arch'; width 384 is MoCo v3's ViT-S with 12 heads, not DeiT-S's 6."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitinit.formats._common import sincos_2d
+
+    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=384, depth=1, num_heads=12, num_classes=0)
+    sd = vit.state_dict()
+    sd["pos_embed"] = torch.cat([torch.zeros(1, 1, 384), sincos_2d(384, (2, 2), first_half="row")[None]], 1)
+    torch.save({"model": sd}, tmp_path / "linear-vit-s.pth")
+    ckpt = read_checkpoint(tmp_path / "linear-vit-s.pth")
+    assert ckpt.provenance.format == "mocov3/converted"
+    assert ckpt.spec.num_heads == 12

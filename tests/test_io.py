@@ -327,3 +327,25 @@ def test_late_metadata_that_changes_length_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="provisional"):
         write_safetensors(out, tensors, {}, late_metadata={"hash": lambda: "x"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_the_mode_of_an_ordinary_file(tmp_path):
+    """Temp files are created 0600; a finished output is readable as any file the user writes."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "w.safetensors"
+        write_safetensors(out, {"a": LazyTensor.of(torch.zeros(2))}, {})
+        assert out.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_a_pickle_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
+    """A plain pickle of a number names no global: it is unreadable, not dangerous, and the message must not
+    relay torch's advice to retry with weights_only=False."""
+    path = tmp_path / "number.pth"
+    path.write_bytes(pickle.dumps(12345, protocol=4))
+    with pytest.raises(CheckpointFormatError) as err:
+        open_checkpoint(path)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    assert "weights_only" not in str(err.value)

@@ -14,6 +14,7 @@ from pathlib import Path
 from vitinit.canonical import Checkpoint, ViTSpec
 from vitinit.errors import ConfigError
 from vitinit.formats import FAMILIES, read_checkpoint, source_sha256
+from vitinit.io.load import WEIGHT_FILE_NAMES
 from vitinit.io.save import check_output_path
 from vitinit.modeling.vit import ViTBackboneConfig
 from vitinit.normalize.detection import (
@@ -120,6 +121,7 @@ def convert(
         if pth_out == out:
             raise ConfigError(f"--pth needs an output name not ending in .pth, got {out}")
         check_output_path(pth_out, overwrite=overwrite)
+    _refuse_writing_over_source(ckpt, [out, pth_out])
 
     if target == "vitdet":
         from vitinit.targets.vitdet import write_vitdet, write_vitdet_pth
@@ -153,6 +155,17 @@ def convert(
         result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec)
     result.actions = summarize(result.provenance)
     return result
+
+
+def _refuse_writing_over_source(ckpt: Checkpoint, outputs: list[Path | None]) -> None:
+    """Sources are never changed, ``--overwrite`` or not (``x.pth --pth`` would otherwise replace x.pth)."""
+    if ckpt.provenance.source is None:
+        return
+    src = Path(ckpt.provenance.source).resolve()
+    protected = {src, *(src / name for name in WEIGHT_FILE_NAMES)} if src.is_dir() else {src}
+    for out in outputs:
+        if out is not None and out.resolve() in protected:
+            raise ConfigError(f"output {out} is the source checkpoint; choose another output path")
 
 
 def summarize(provenance: dict) -> list[str]:

@@ -136,6 +136,9 @@ def _train(
     if changed:
         provenance = {**provenance, "position_policy": changed}
     model = convert_sync_batchnorm(model, device).to(device)
+    # Same weights everywhere (seeded above); from here each rank draws its own stream for drop path and
+    # RPN/RoI sampling, as detectron2 seeds seed + rank.
+    du.seed_everything(seed)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "weights.json", provenance)

@@ -1,7 +1,8 @@
 """AdamW with the paper's parameter groups, and the lr schedule as a pure function of the iteration.
 
-Weight decay is 0 for normalization parameters (every ``nn.*Norm``), the absolute position embedding and
-the relative-position bias tables (MIMDet's recipe; detectron2's ViTDet configs exempt norms and pos_embed).
+Weight decay is 0 for normalization parameters (every ``nn.*Norm``), the absolute position embedding, the
+relative-position bias tables (MIMDet's recipe; detectron2's ViTDet configs exempt norms and pos_embed) and
+BEiT's layer scale.
 Biases keep weight decay, as detectron2 does by default (``weight_decay_bias = weight_decay``).
 
 Optional layer-wise lr decay follows ViTDet's ``get_vit_lr_decay_rate`` (formats.md §6.6): patch/pos
@@ -22,7 +23,8 @@ from vitinit.errors import ConfigError
 from vitinit.modeling.vit import DetectionViT
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
-_NO_DECAY_NAMES = ("pos_embed", "relative_position_bias_table")
+# gamma_1/gamma_2: BEiT's layer scale, which its own fine-tuning exempts with every 1-D parameter.
+_NO_DECAY_NAMES = ("pos_embed", "relative_position_bias_table", "gamma_1", "gamma_2")
 
 
 def _find_vit(model: nn.Module) -> tuple[str, DetectionViT] | None:

@@ -22,6 +22,7 @@ from vitinit.io.load import RawCheckpoint
 
 FAMILY = "mocov3"
 ARCH_HEADS = {"vit_small": 12, "vit_base": 12, "vit_large": 16}
+WIDTH_HEADS = {384: 12, 768: 12, 1024: 16}  # vits.py: vit_small / vit_base / vit_large
 _DROPPED_PREFIXES = {
     "momentum_encoder.": "momentum (EMA) encoder: a copy for the contrastive target",
     "predictor.": "MoCo v3 prediction MLP",
@@ -65,6 +66,11 @@ def read(raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None 
     arch = raw.tree.get("arch")
     hint = ARCH_HEADS.get(arch) if isinstance(arch, str) else None
     notes = [f"arch {arch!r} from the checkpoint"] if isinstance(arch, str) else []
+    width = tensors["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in tensors else None
+    if hint is None and width in WIDTH_HEADS:
+        # convert_to_deit output has no 'arch': the size table would give DeiT-S's 6 heads for width 384.
+        hint = WIDTH_HEADS[width]
+        notes.append(f"{hint} heads: MoCo v3's ViT of width {width} (no 'arch' in the file)")
     if tensors.get("pos_embed") is not None:
         notes.append(
             "pos_embed is MoCo v3's frozen sin-cos; patch_embed may be frozen random (--stop-grad-conv1)"

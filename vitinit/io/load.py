@@ -203,24 +203,31 @@ def _torch_load(path: Path, *, mmap: bool) -> Mapping:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a CLI user
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        refused = "weights_only" in str(e) or "Unsupported global" in str(e)
+        culprit = _unsafe_global(path, e) if refused else None
+        if culprit is not None:
             raise UnsafeCheckpointError(
-                f"{path}: refused to unpickle an object outside the allow-list ({_unsafe_global(path, e)}); "
+                f"{path}: refused to unpickle an object outside the allow-list ({culprit}); "
                 "nothing in the file was executed"
             ) from None
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
+        # Not torch's first line: it advises re-running with weights_only=False, which is what an
+        # untrusted file must never get.
+        cause = str(e).split("WeightsUnpickler error:", 1)[-1] if refused else str(e)
+        raise CheckpointFormatError(
+            f"{path}: not a readable PyTorch checkpoint ({first_line(ValueError(cause))})"
+        ) from None
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
 
 
-def _unsafe_global(path: Path, e: Exception) -> str:
+def _unsafe_global(path: Path, e: Exception) -> str | None:
     """Name the global that made torch refuse the file, from its message or by scanning the pickle."""
     match = re.search(r"GLOBAL ([\w.]+)", str(e))
     if match:
         return f"global {match.group(1)}"
     found = _first_unknown_global(path)
-    return f"global {found}" if found else "unsupported pickle content"
+    return f"global {found}" if found else None  # no global to blame: the file is just not a checkpoint
 
 
 def _known_safe_globals() -> set[str]:
