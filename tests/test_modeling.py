@@ -388,3 +388,19 @@ def test_heads_decode_boxes_in_float32_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model.backbone(torch.rand(1, 3, 128, 128))
     assert seen == [torch.bfloat16]
+
+
+def test_training_batches_keep_the_jittered_scale_and_pad_with_zeros():
+    """In training the model only pads (LSJ chose the scale); image_sizes keep the content size."""
+    cfg = MaskRCNNConfig(backbone=tiny_backbone(), num_classes=3, min_size=128, max_size=128, norm="BN")
+    model = build_mask_rcnn(cfg).train()
+    target = {
+        "boxes": torch.tensor([[2.0, 2.0, 20.0, 30.0]]),
+        "labels": torch.tensor([1]),
+        "masks": torch.ones(1, 40, 56, dtype=torch.uint8),
+    }
+    images, targets = model.transform([torch.rand(3, 40, 56)], [target])
+    assert tuple(images.tensors.shape[-2:]) == (128, 128)
+    assert images.image_sizes == [(40, 56)]
+    assert torch.equal(targets[0]["boxes"], target["boxes"])
+    assert images.tensors[0, :, 40:].abs().max() == 0 and images.tensors[0, :, :, 56:].abs().max() == 0

@@ -34,10 +34,13 @@ IMAGENET_MEAN_UINT8 = (124, 116, 104)
 class FixedSizeCrop(v2.Transform):
     """Crop a random size×size window where the image is larger, then pad bottom-right up to size×size."""
 
-    def __init__(self, size: int | Sequence[int], fill: Sequence[int] = IMAGENET_MEAN_UINT8) -> None:
+    def __init__(
+        self, size: int | Sequence[int], fill: Sequence[int] = IMAGENET_MEAN_UINT8, *, pad: bool = True
+    ) -> None:
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.fill = list(fill)
+        self.pad = pad
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = query_size(flat_inputs)
@@ -56,7 +59,7 @@ class FixedSizeCrop(v2.Transform):
             height=params["height"],
             width=params["width"],
         )
-        if any(params["pad"]):
+        if self.pad and any(params["pad"]):
             fill = self.fill if isinstance(inpt, tv_tensors.Image) else 0
             out = self._call_kernel(F.pad, out, padding=params["pad"], fill=fill)
         return out
@@ -96,7 +99,12 @@ def lsj_transform(
     scale_range: Sequence[float] = (0.1, 2.0),
     flip: bool = True,
 ) -> v2.Transform:
-    """The paper's training augmentation; the output image is float in [0, 1], (3, size, size).
+    """The paper's training augmentation; the output image is float in [0, 1], at most (3, size, size).
+
+    As detectron2's ViTDet loader (``FixedSizeCrop(pad=False)``), the crop is not padded here: the model
+    pads each batch to size × size with zeros after normalization
+    (:class:`~vitinit.modeling.mask_rcnn.SquarePadTransform`), so its ``image_sizes`` keep the content size
+    and proposals are clipped to the image, not to the padding.
 
     Example:
         >>> t = lsj_transform(64)
@@ -106,7 +114,7 @@ def lsj_transform(
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip(0.5)] if flip else []
     steps += [
         v2.ScaleJitter(target_size=(size, size), scale_range=tuple(scale_range)),
-        FixedSizeCrop(size),
+        FixedSizeCrop(size, pad=False),
         BoxesFromMasks(),
         v2.ClampBoundingBoxes(),
         # Drops boxes (and their masks and labels) that the crop left degenerate.

@@ -240,11 +240,20 @@ def full_precision(module: nn.Module) -> nn.Module:
 
 
 class SquarePadTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform, padding each batch (bottom-right) to at least a fixed square."""
+    """torchvision's detection transform, padding each batch (bottom-right) to at least a fixed square.
+
+    In training it does not resize: the data pipeline's large-scale jitter already chose each image's scale,
+    and resizing to ``min_size`` would undo it (detectron2 likewise only pads in the model).
+    """
 
     def __init__(self, *args, square_size: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.square_size = square_size
+
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        if self.training:
+            return image, target
+        return super().resize(image, target)
 
     def batch_images(self, images: list[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
         h = max(self.square_size, *(img.shape[-2] for img in images))
