@@ -220,3 +220,32 @@ def test_mocov3_converted_file_without_arch_keeps_mocov3_head_count(tmp_path):
     ckpt = read_checkpoint(tmp_path / "linear-vit-s.pth")
     assert ckpt.provenance.format == "mocov3/converted"
     assert ckpt.spec.num_heads == 12
+
+
+def test_fine_tuned_mae_is_not_silently_called_supervised(tmp_path):
+    """MAE fine-tuning trains pos_embed (no sin-cos left) and adds a head: auto-detection must ask for
+    --from rather than label the run 'supervised'; with --from mae it reads as MAE."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10, global_pool="avg",
+        fc_norm=True,
+    )
+    torch.save({"model": vit.state_dict()}, tmp_path / "mae_finetuned.pth")
+    with pytest.raises(CheckpointFormatError, match="ambiguous"):
+        read_checkpoint(tmp_path / "mae_finetuned.pth", num_heads=2)
+    ckpt = read_checkpoint(tmp_path / "mae_finetuned.pth", family="mae", num_heads=2)
+    assert ckpt.provenance.format == "mae/finetuned"
+    assert {"fc_norm.*", "head.*"} <= set(ckpt.provenance.dropped)
+
+
+def test_fine_tuned_beit_with_an_absolute_embedding_is_beit(tmp_path):
+    """A BEiT classifier with use_abs_pos_emb has a learned pos_embed and a head, like a supervised ViT; its
+    q/v biases and relative tables decide."""
+    from timm.models.beit import Beit
+
+    beit = Beit(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10,
+                use_abs_pos_emb=True, init_values=0.1)
+    torch.save({"model": beit.state_dict()}, tmp_path / "beit_abs.pth")
+    ckpt = read_checkpoint(tmp_path / "beit_abs.pth", num_heads=2)
+    assert ckpt.provenance.family == "beit" and ckpt.spec.has_abs_pos

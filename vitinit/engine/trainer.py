@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from vitinit.errors import TrainingError
@@ -131,7 +131,7 @@ class Trainer:
             losses = self.model(images, targets)
         total = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
-        if not math.isfinite(float(total.detach())):
+        if not _finite_on_every_rank(total):
             raise TrainingError(
                 f"non-finite loss at iteration {self.iter}: "
                 + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -178,3 +178,12 @@ class Trainer:
         for h in self.hooks:
             h.load_state_dict(state["hooks"].get(type(h).__name__, {}))
         self.iter = self.start_iter = self.completed = int(state["iter"])
+
+
+def _finite_on_every_rank(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process: a rank that raised alone would leave the others
+    blocked in the next gradient all-reduce until the collective times out."""
+    finite = loss.detach().float().isfinite().reshape(1).float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())

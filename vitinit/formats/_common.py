@@ -98,6 +98,11 @@ def is_timm_layout(sd: Mapping[str, LazyTensor]) -> bool:
     return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd
 
 
+def has_beit_keys(sd: Mapping[str, LazyTensor]) -> bool:
+    """BEiT's signature in a timm-layout file: separate q/v biases or BEiT relative-position tables."""
+    return any(k.endswith("attn.q_bias") or k.endswith("relative_position_bias_table") for k in sd)
+
+
 def drop_reason(
     key: str, rules: list[tuple[str, str, str]] = DROP_RULES
 ) -> tuple[str, str] | None:

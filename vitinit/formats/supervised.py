@@ -9,7 +9,13 @@ patches). timm hub weights are bare state dicts in the same layout; DeiT-III spe
 from __future__ import annotations
 
 from vitinit.canonical import Checkpoint
-from vitinit.formats._common import build_checkpoint, canonical_from_timm, score_timm_layout, state_dict_of
+from vitinit.formats._common import (
+    build_checkpoint,
+    canonical_from_timm,
+    has_beit_keys,
+    score_timm_layout,
+    state_dict_of,
+)
 from vitinit.io.load import RawCheckpoint
 
 FAMILY = "supervised"
@@ -20,6 +26,8 @@ def score(raw: RawCheckpoint) -> tuple[str, int]:
     if raw.container == "hf-folder":
         return FAMILY, 0
     sd = state_dict_of(raw, ("model", "state_dict"))
+    if has_beit_keys(sd):  # a BEiT classifier has a head too; its q/v biases and tables say BEiT
+        return FAMILY, 0
     s = score_timm_layout(sd, FAMILY)
     if s and ("head.weight" in sd or "dist_token" in sd):
         s += 2
