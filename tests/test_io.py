@@ -349,3 +349,20 @@ def test_a_pickle_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
         open_checkpoint(path)
     assert not isinstance(err.value, UnsafeCheckpointError)
     assert "weights_only" not in str(err.value)
+
+
+def test_a_pickle_nested_too_deeply_is_a_one_line_error(tmp_path):
+    """A zip checkpoint whose data.pkl nests dicts 5000 deep (written opcode by opcode: pickle.dumps itself
+    would hit the recursion limit) is refused with a CheckpointFormatError, not a RecursionError."""
+    import zipfile
+
+    path = tmp_path / "deep.pth"
+    torch.save({"a": 1}, path)
+    deep = b"\x80\x02" + b"(X\x01\x00\x00\x00x" * 5000 + b"}" + b"d" * 5000 + b"."
+    with zipfile.ZipFile(path) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(name, deep if name.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointFormatError, match="nested too deeply"):
+        open_checkpoint(path)

@@ -5,8 +5,9 @@ Pre-training (``*_pt22k.pth``): ``{'model': ...}`` with ONE shared relative-posi
 scale, ``attn.q_bias``/``attn.v_bias`` and no key bias, plus ``mask_token`` and ``lm_head`` (dropped) and
 persistent ``relative_position_index`` buffers (dropped: recomputed). No absolute position embedding.
 Fine-tuned (``*_ft22k``, ``*_ft1k``): per-block tables ``blocks.i.attn.relative_position_bias_table``,
-``fc_norm`` and ``head``. BEiT v2 / DeepSpeed files use the ``'module'`` container; mmseg ADE20K files
-use ``'state_dict'`` with a ``backbone.`` prefix.
+``fc_norm`` and ``head``. BEiT v2 / DeepSpeed files use the ``'module'`` container. mmseg ADE20K files
+(``'state_dict'``, ``backbone.`` prefix) are unwrapped, but their UperNet neck keys (``backbone.fpn1..4``)
+are not mapped yet and are refused as unknown.
 """
 
 from __future__ import annotations

@@ -109,7 +109,10 @@ def open_checkpoint(path: str | Path) -> RawCheckpoint:
         raise CheckpointFormatError(f"{path}: file is empty")
     if path.suffix == ".safetensors":
         return _open_safetensors(path)
-    return _open_torch(path)
+    try:
+        return _open_torch(path)
+    except RecursionError:  # a pickle nested thousands deep: no checkpoint looks like that
+        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint (nested too deeply)") from None
 
 
 def _open_hf_folder(path: Path) -> RawCheckpoint:
