@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitinit.errors import VitinitError
+from vitinit.io.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ def _point(d: dict | None) -> EvalPoint | None:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunFolderError(f"{path} is not valid JSON ({what}): {e}") from None
+    return read_json(path, error=RunFolderError, what=what)
 
 
 def _read_curve(path: Path) -> list[EvalPoint]:

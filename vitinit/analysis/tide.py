@@ -26,6 +26,7 @@ from typing import Literal
 from vitinit import __version__
 from vitinit.analysis.runs import TIDE_FILE, RunFolderError, load_run
 from vitinit.errors import DatasetError, MissingDependencyError
+from vitinit.io.files import read_json
 from vitinit.io.save import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,7 @@ def _tidecv():
 
 def _check_ground_truth(gt_json: Path) -> int:
     """The number of non-crowd objects; raises when there is nothing to analyse."""
-    try:
-        gt = json.loads(gt_json.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"ground-truth annotations {gt_json} not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{gt_json} is not valid JSON: {e}") from None
+    gt = read_json(gt_json, error=DatasetError, what="ground-truth annotations")
     anns = gt.get("annotations") if isinstance(gt, dict) else None
     objects = sum(1 for a in anns or () if not a.get("iscrowd", 0))
     if not objects:
@@ -106,12 +102,7 @@ def tide_errors(gt_json: str | Path, detections_json: str | Path, *, mode: Mode 
     if mode not in ("bbox", "segm"):
         raise ValueError(f"mode must be 'bbox' or 'segm', got {mode!r}")
     objects = _check_ground_truth(gt_json)
-    if not detections_json.is_file():
-        raise DatasetError(f"detections {detections_json} not found")
-    try:
-        detections = json.loads(detections_json.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{detections_json} is not valid JSON: {e}") from None
+    detections = read_json(detections_json, error=DatasetError, what="detections")
     if not isinstance(detections, list):
         raise DatasetError(f"{detections_json} is not a COCO results list")
     if not detections:

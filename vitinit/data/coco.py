@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from vitinit.errors import DatasetError
+from vitinit.io.files import read_json
 
 # Annotations may poke out of the image by rounding; more than this is a broken dataset.
 BOX_TOLERANCE_PX = 1.0
@@ -69,12 +69,7 @@ def coco2017_split(split: str, root: str | Path | None = None) -> CocoSplit:
 def load_coco_json(path: str | Path) -> COCO:
     """pycocotools' index of an instances JSON, with one-line errors for a missing or malformed file."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"annotation file {path} does not exist (expected a COCO instances JSON)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"annotation file {path} is not valid JSON: {e}") from None
+    data = read_json(path, error=DatasetError, what="annotation file (a COCO instances JSON)")
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise DatasetError(
             f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories'"

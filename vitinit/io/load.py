@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import pickletools
 import re
@@ -38,6 +37,7 @@ import torch
 
 from vitinit.canonical import LazyTensor
 from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line
+from vitinit.io.files import read_json
 from vitinit.io.torch_zip import (
     _STORAGE_TYPES,
     _STREAMING_PLAIN_GLOBALS,
@@ -112,17 +112,14 @@ def open_checkpoint(path: str | Path) -> RawCheckpoint:
     try:
         return _open_torch(path)
     except RecursionError:  # a pickle nested thousands deep: no checkpoint looks like that
-        raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint (nested too deeply)") from None
+        msg = f"{path}: not a readable PyTorch checkpoint (nested too deeply)"
+        raise CheckpointFormatError(msg) from None
 
 
 def _open_hf_folder(path: Path) -> RawCheckpoint:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
+    if not (path / "config.json").is_file():
         raise CheckpointFormatError(f"{path}: a folder source must hold a Hugging Face config.json")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointFormatError(f"{cfg_file}: not valid JSON ({e.msg})") from None
+    config = read_json(path / "config.json", error=CheckpointFormatError, what="Hugging Face config")
     for name in WEIGHT_FILE_NAMES:
         if (path / name).is_file():
             inner = open_checkpoint(path / name)
