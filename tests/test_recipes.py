@@ -97,7 +97,14 @@ def test_overrides():
         "mae-vitb", ["optim.lr=1e-4", "model.global_blocks=[0,1]", "model.detector.box_head_fc=512"]
     )
     assert cfg["optim"]["lr"] == 1e-4 and cfg["model"]["global_blocks"] == [0, 1]
-    assert cfg["model"]["detector"] == {"box_head_fc": 512}
+    # The override adds to the base recipe's detector knobs (detectron2's RPN top-k) without replacing them.
+    assert cfg["model"]["detector"] == {
+        "box_head_fc": 512,
+        "rpn_pre_nms_top_n_train": 2000,
+        "rpn_pre_nms_top_n_test": 1000,
+        "rpn_post_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_test": 1000,
+    }
     assert cfg["data"]["image_size"] == 1024  # interpolation resolved
     with pytest.raises(ConfigError, match="bad override"):
         resolve("mae-vitb", ["optim.lrr=1"])  # a typo is an error, not a silently new key
