@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -246,3 +247,49 @@ def test_bf16_autocast_step_on_a_real_detector():
     trainer.train()
     assert set(trainer.last_losses) >= {"loss", "loss_classifier", "loss_mask", "loss_objectness"}
     assert not torch.equal(before, model.backbone.vit.blocks[0].attn.qkv.weight)
+
+
+def _nan_on_one_rank(rank: int, world: int, port: int, results) -> None:
+    """Worker: DDP over gloo; only rank 1's loss turns NaN at its 3rd step."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = _Toy()
+        model.poison_at = 2 if rank == 1 else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.AdamW([{"params": ddp.parameters(), "base_lr": 0.05}], lr=0.05)
+        trainer = Trainer(ddp, opt, _toy_data(), max_iter=6, hooks=[])
+        try:
+            trainer.train()
+            results[rank] = "finished"
+        except TrainingError as e:
+            results[rank] = f"stopped: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Both ranks stop with a TrainingError. Without agreeing on finiteness, rank 1 raises alone and rank 0
+    is left in the next gradient all-reduce: an error from gloo when the peer vanishes, a hang on NCCL."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        ctx = mp.spawn(_nan_on_one_rank, args=(2, port, results), nprocs=2, join=False)
+        deadline = time.monotonic() + 90
+        while not ctx.join(timeout=1) and time.monotonic() < deadline:
+            pass
+        hung = [p for p in ctx.processes if p.is_alive()]
+        for p in hung:
+            p.terminate()
+        assert not hung, "a rank is still running: the job hung"
+        outcome = dict(results)
+    assert set(outcome) == {0, 1}
+    assert all(v.startswith("stopped: non-finite loss at iteration 2") for v in outcome.values()), outcome
