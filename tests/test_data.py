@@ -202,3 +202,11 @@ def test_polygon_segmentation(splits, tmp_path):
     k = [i for i, b in enumerate(target["boxes"].tolist()) if b == [10.0, 10.0, 30.0, 20.0]][0]
     m = target["masks"][k].numpy()
     assert m[12:19, 12:29].all() and m.sum() == 20 * 10
+
+
+def test_evaluation_datasets_skip_target_decoding(splits):
+    ds = CocoDetection(
+        splits.val_images, splits.val_annotations, transforms=test_transform(), with_targets=False
+    )
+    image, target = ds[0]
+    assert target == {"image_id": ds.ids[0]} and image.dtype == torch.float32

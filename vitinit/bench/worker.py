@@ -85,7 +85,7 @@ def build_datasets(recipe: dict) -> Datasets:
         raise ConfigError(f"data.dataset must be coco, custom or synthetic, got {d['dataset']!r}")
     ds = Datasets(
         train=CocoDetection(*train, transforms=train_tf, train=True),
-        val=CocoDetection(*val, transforms=test_transform()),
+        val=CocoDetection(*val, transforms=test_transform(), with_targets=False),
     )
     if ds.train.label_to_category != ds.val.label_to_category:
         raise DatasetError("train and val annotation files define different categories")

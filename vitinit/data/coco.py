@@ -94,6 +94,7 @@ class CocoDetection(torch.utils.data.Dataset):
         train: drop images without any usable annotation (as detectron2's training loader does).
         check_files: verify that every image file exists up front, so a missing file fails in seconds,
             not hours into training.
+        with_targets: False yields only ``{"image_id"}`` per image (evaluation, which reads the JSON).
     """
 
     def __init__(
@@ -104,10 +105,13 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: Callable | None = None,
         train: bool = False,
         check_files: bool = True,
+        with_targets: bool = True,
     ) -> None:
         self.image_dir = Path(images)
         self.annotation_file = Path(annotations)
         self.transforms = transforms
+        # Evaluation reads the ground truth from the JSON; decoding every val mask per image is wasted work.
+        self.with_targets = with_targets
         if not self.image_dir.is_dir():
             raise DatasetError(f"image folder {self.image_dir} does not exist")
         self.coco = load_coco_json(self.annotation_file)
@@ -209,7 +213,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.ids[index]
-        image, target = self.load_image(image_id), self.load_target(image_id)
+        target = self.load_target(image_id) if self.with_targets else {"image_id": image_id}
+        image = self.load_image(image_id)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
