@@ -27,10 +27,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except VitinitError as e:
-            err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        except (VitinitError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

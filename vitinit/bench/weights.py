@@ -90,9 +90,9 @@ def describe_weights(recipe: dict) -> str:
         entry = None
     if entry is None:
         return f"no official {w['init']} checkpoint for {variant} is registered: set weights.source"
-    from vitinit.io.remote import _cache_root
+    from vitinit.io.remote import cache_root
 
-    return f"official {w['init']} {variant} checkpoint {entry.url} (downloaded once into {_cache_root(None)})"
+    return f"official {w['init']} {variant} checkpoint {entry.url} (downloaded once into {cache_root(None)})"
 
 
 def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor] | None, dict]:

@@ -136,7 +136,6 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_SAFETENSORS_DTYPES = SAFETENSORS_DTYPES  # old private name, kept for callers of the first version
 
 
 def _open_safetensors(path: Path) -> RawCheckpoint:

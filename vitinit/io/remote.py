@@ -70,7 +70,7 @@ def resolve_source(
     if text.startswith(("http://", "https://")):
         name = text.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "download"
         entry = OfficialCheckpoint(family, model, (text,), name, documented_in="the command line")
-        return download(entry, _cache_root(cache_dir) / "urls", progress=progress)
+        return download(entry, cache_root(cache_dir) / "urls", progress=progress)
     return Path(text)
 
 
@@ -92,7 +92,7 @@ def fetch_official(family: str, model: str, *, cache_dir: Path | None = None, pr
         known = ", ".join(f"{f}/{m}" for f, m in OFFICIAL_CHECKPOINTS)
         why = NOT_RELEASED.get(key, f"no official {family} {model} checkpoint is known (known: {known})")
         raise DownloadError(f"{why}; pass a local checkpoint instead: vitinit convert PATH --from {family}")
-    return download(entry, _cache_root(cache_dir) / entry.family, progress=progress)
+    return download(entry, cache_root(cache_dir) / entry.family, progress=progress)
 
 
 def download(entry: OfficialCheckpoint, folder: Path, *, progress: bool = True) -> Path:
@@ -158,7 +158,8 @@ def _check(entry: OfficialCheckpoint, received: int, expected: int | None, md5: 
     return ""
 
 
-def _cache_root(cache_dir: Path | None) -> Path:
+def cache_root(cache_dir: Path | None) -> Path:
+    """Where downloads go: ``cache_dir``, else ``$VITINIT_CACHE``, else ``~/.cache/vitinit``."""
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get("VITINIT_CACHE")

@@ -22,6 +22,7 @@ import torch
 
 from vitinit.canonical import LazyTensor
 from vitinit.errors import OutputExistsError
+from vitinit.io.load import SAFETENSORS_DTYPES
 from vitinit.io.progress import byte_progress
 
 
@@ -74,11 +75,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 # Streaming safetensors writer
 # ---------------------------------------------------------------------------------------------------------
 
-SAFETENSORS_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+# The reader's table, inverted: one list of the dtypes safetensors stores.
+SAFETENSORS_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 def safetensors_header(
