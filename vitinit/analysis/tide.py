@@ -18,7 +18,6 @@ than re-implementing it, so the numbers are the ones the paper's figure used.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal
@@ -26,8 +25,7 @@ from typing import Literal
 from vitinit import __version__
 from vitinit.analysis.runs import TIDE_FILE, RunFolderError, load_run
 from vitinit.errors import DatasetError, MissingDependencyError
-from vitinit.io.files import read_json
-from vitinit.io.save import atomic_path
+from vitinit.io.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +161,5 @@ def analyze_run(run_dir: str | Path, *, eval_dir: str | Path | None = None) -> d
         "segm": tide_errors(run.val_annotations, segm_path, mode="segm") if segm_path.is_file() else None,
     }
     out = run.path / TIDE_FILE
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     return result

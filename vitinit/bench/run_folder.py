@@ -6,15 +6,13 @@ The layout is in :mod:`vitinit.bench`'s docstring.
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vitinit.engine import distributed as du
 from vitinit.errors import TrainingError
-from vitinit.io.save import atomic_path
+from vitinit.io.files import write_json
 
 
 def default_run_dir(name: str, *, resume: bool, root: str | Path = "runs") -> Path:
@@ -26,11 +24,6 @@ def default_run_dir(name: str, *, resume: bool, root: str | Path = "runs") -> Pa
             raise TrainingError(f"nothing to resume: no run of {name} with a checkpoint under {base}")
         return runs[-1]
     return base / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _summary(entry: dict | None) -> dict | None:

@@ -1,4 +1,4 @@
-"""Small-file helpers shared by every layer that reads user-supplied JSON (configs, annotations, runs)."""
+"""Small JSON files: user-supplied ones read with one-line errors, run outputs written atomically."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def read_json(path: str | Path, *, error: type[VitinitError], what: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{what} {path} is not valid JSON ({e})") from None
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
+    from vitinit.io.save import atomic_path  # here: save → load → files would otherwise be a cycle
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
