@@ -161,10 +161,10 @@ def pretrained_backbone_config(recipe: dict, spec: Any) -> ViTBackboneConfig:
 
 
 def _is_vitdet(path: Path) -> bool:
-    from safetensors import safe_open
+    from vitinit.io.load import open_checkpoint
+    from vitinit.targets.vitdet import is_vitdet
 
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("format") == "vitinit.vitdet"
+    return is_vitdet(open_checkpoint(path).metadata)
 
 
 def _load_converted(path: Path, recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor], dict]:

@@ -18,7 +18,7 @@ from vitinit.errors import CheckpointFormatError
 from vitinit.io.registry import OFFICIAL_CHECKPOINTS
 from vitinit.io.save import sha256_file
 from vitinit.modeling.vit import ViTBackboneConfig
-from vitinit.targets.vitdet import FORMAT
+from vitinit.targets.vitdet import parse_vitdet_metadata
 from vitinit.variants import infer_variant
 
 WEIGHTS_NAME = "model.safetensors"  # the name in the Hub repository, whatever it was called locally
@@ -71,16 +71,7 @@ def read_vitdet_info(path: str | Path) -> VitdetFile:
         raise CheckpointFormatError(
             f"{path} is not a readable .safetensors file ({type(e).__name__})"
         ) from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointFormatError(
-            f"{path} is not a converted vitinit backbone (format {metadata.get('format')!r}, "
-            f"expected {FORMAT!r}); make one with `vitinit convert --to vitdet`"
-        )
-    try:
-        config = ViTBackboneConfig.from_json(metadata["backbone_config"])
-        provenance = json.loads(metadata.get("provenance") or "{}")
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
+    config, provenance = parse_vitdet_metadata(path, metadata)
     return VitdetFile(path, sha256_file(path), config, provenance, metadata)
 
 

@@ -100,14 +100,24 @@ def read_vitdet(path: str | Path) -> VitdetWeights:
         node = raw.tree.get("metadata")
         metadata = {str(k): v for k, v in node.items()} if isinstance(node, Mapping) else {}
         state = raw.tensors("model") if isinstance(raw.tree.get("model"), Mapping) else {}
-    if metadata.get("format") != FORMAT:
+    config, provenance = parse_vitdet_metadata(path, metadata)
+    return VitdetWeights(config, {k: t.load() for k, t in state.items()}, provenance, metadata)
+
+
+def is_vitdet(metadata: Mapping[str, str]) -> bool:
+    return metadata.get("format") == FORMAT
+
+
+def parse_vitdet_metadata(path: str | Path, metadata: Mapping[str, str]) -> tuple[ViTBackboneConfig, dict]:
+    """(backbone config, provenance) from a vitdet file's metadata; one-line errors for anything else."""
+    if not is_vitdet(metadata):
         raise CheckpointFormatError(
-            f"{path}: not a vitinit vitdet backbone (metadata format is "
-            f"{metadata.get('format')!r}); convert it with `vitinit convert --to vitdet`"
+            f"{path} is not a converted vitinit backbone (format {metadata.get('format')!r}, "
+            f"expected {FORMAT!r}); make one with `vitinit convert --to vitdet`"
         )
     try:
         config = ViTBackboneConfig.from_json(metadata["backbone_config"])
-        provenance = json.loads(metadata.get("provenance", "{}"))
+        provenance = json.loads(metadata.get("provenance") or "{}")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
-    return VitdetWeights(config, {k: t.load() for k, t in state.items()}, provenance, metadata)
+    return config, provenance
