@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from _detectron2 import import_detectron2
 from fixtures import make_fixtures as mf
 from timm.models.beit import Beit
 from timm.models.vision_transformer import VisionTransformer
@@ -224,11 +225,11 @@ def test_bad_options_are_one_line_errors(files, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Optional: upstream detectron2's own ViT (skipped where detectron2's modeling code is not importable)
+# Optional: upstream detectron2's own ViT (skipped unless $VITINIT_DETECTRON2_SRC points at its source)
 
 
 def test_detectron2_output_loads_into_upstream_vit_and_matches(files, tmp_path):
-    d2vit = pytest.importorskip("detectron2.modeling.backbone.vit")
+    d2vit = import_detectron2("detectron2.modeling.backbone.vit")
     from fixtures.reference import timm_vit_features
 
     out = tmp_path / "mae_d2.pth"
