@@ -23,12 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from vitinit.recipes.schema import check_recipe, parse_recipe
 
 from vitinit.errors import ConfigError
 
 BASE_KEY = "_base_"
-# Sub-trees whose keys are free-form (extra ViTBackboneConfig / MaskRCNNConfig / SyntheticSpec fields).
-OPEN_KEYS = ("model.backbone", "model.detector", "data.synthetic")
 
 
 def _package_dir() -> Path:
@@ -81,18 +80,14 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 
 def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The recipe ``name`` with its bases merged, the ``overrides`` applied, and the schedule derived.
+    """The recipe ``name`` with its bases merged, the ``overrides`` applied, checked and the schedule derived.
 
-    Overrides may only change keys that exist (a typo is an error), except under :data:`OPEN_KEYS`.
+    Every key, type and value is checked against :mod:`vitinit.recipes.schema` before anything runs: a typo
+    (in any sub-tree), a wrong type or a value out of range is a :class:`ConfigError` naming the key.
     """
     path = recipe_path(name)
     cfg = _load_tree(path)
     cfg.name = path.stem
-    OmegaConf.set_struct(cfg, True)
-    for key in OPEN_KEYS:
-        node = OmegaConf.select(cfg, key)
-        if isinstance(node, DictConfig):
-            OmegaConf.set_struct(node, False)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
@@ -100,7 +95,26 @@ def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         cfg.merge_with_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad override: {' '.join(str(e).split()[:12])}") from None
+    check_recipe(_resolved(cfg))
     return derive_schedule(cfg)
+
+
+def check_saved_recipe(tree: Any, source: str | Path) -> dict[str, Any]:
+    """A run's saved ``recipe.yaml`` (plain data) checked against the schema, for ``--resume``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source} is not a recipe (a mapping at the top level); the run folder is damaged")
+    try:
+        parse_recipe(tree)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return tree
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe {cfg.get('name', '?')}: {' '.join(str(e).split()[:16])}") from None
 
 
 def derive_schedule(cfg: DictConfig) -> DictConfig:
@@ -117,7 +131,10 @@ def derive_schedule(cfg: DictConfig) -> DictConfig:
     else:
         s.epochs = round(s.iters * batch / images, 4)
     if s.iters < 1:
-        raise ConfigError(f"schedule.iters must be at least 1, got {s.iters}")
+        raise ConfigError(
+            f"schedule.iters must be at least 1, got {s.iters} ({s.epochs} epochs of {images} images at "
+            f"batch {batch})"
+        )
     return cfg
 
 
@@ -130,4 +147,5 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 def to_yaml(cfg: DictConfig | dict) -> str:
+    """The recipe as YAML text (what a run folder's ``recipe.yaml`` holds)."""
     return OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg) if isinstance(cfg, DictConfig) else cfg))

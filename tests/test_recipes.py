@@ -106,7 +106,7 @@ def test_overrides():
         "rpn_post_nms_top_n_test": 1000,
     }
     assert cfg["data"]["image_size"] == 1024  # interpolation resolved
-    with pytest.raises(ConfigError, match="bad override"):
+    with pytest.raises(ConfigError, match="unknown key optim.lrr"):
         resolve("mae-vitb", ["optim.lrr=1"])  # a typo is an error, not a silently new key
     with pytest.raises(ConfigError, match="key=value"):
         resolve("mae-vitb", ["optim.lr"])

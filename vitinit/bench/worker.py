@@ -25,28 +25,17 @@ from vitinit.engine.trainer import Trainer
 from vitinit.errors import ConfigError, DatasetError, TrainingError
 from vitinit.evaluation.coco import COCOEvaluator
 from vitinit.io.save import atomic_path
-from vitinit.modeling.mask_rcnn import MaskRCNNConfig, build_mask_rcnn, convert_sync_batchnorm
+from vitinit.modeling.mask_rcnn import build_mask_rcnn, convert_sync_batchnorm
 from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
 from vitinit.recipes import to_yaml
+from vitinit.recipes.schema import parse_recipe
 
 log = logging.getLogger(__name__)
 
 
 def build_model(recipe: dict, backbone: ViTBackboneConfig, num_classes: int) -> torch.nn.Module:
-    m = recipe["model"]
-    cfg = MaskRCNNConfig(
-        backbone=backbone,
-        num_classes=num_classes,
-        pyramid=m["pyramid"],
-        fpn_channels=m["fpn_channels"],
-        norm=m["norm"],
-        min_size=recipe["data"]["image_size"],
-        max_size=recipe["data"]["image_size"],
-        image_mean=tuple(m["pixel_mean"]),
-        image_std=tuple(m["pixel_std"]),
-        **(m.get("detector") or {}),
-    )
-    return build_mask_rcnn(cfg)
+    """The recipe's Mask R-CNN around ``backbone`` (see ``Recipe.detector_config``)."""
+    return build_mask_rcnn(parse_recipe(recipe).detector_config(backbone, num_classes))
 
 
 @dataclass
@@ -60,12 +49,13 @@ def build_datasets(recipe: dict) -> Datasets:
     size = d["image_size"]
     train_tf = lsj_transform(size, scale_range=d["scale_range"], flip=d["flip"])
     if d["dataset"] == "synthetic":
-        from vitinit.data.synthetic import SyntheticSpec, synthetic_coco
+        from vitinit.data.synthetic import synthetic_coco
 
+        spec = parse_recipe(recipe).synthetic_spec()
         # Generated once, by the first process; the others wait and read the same cache.
-        splits = synthetic_coco(SyntheticSpec(**(d.get("synthetic") or {}))) if du.is_main_process() else None
+        splits = synthetic_coco(spec) if du.is_main_process() else None
         du.barrier()
-        splits = splits or synthetic_coco(SyntheticSpec(**(d.get("synthetic") or {})))
+        splits = splits or synthetic_coco(spec)
         train = (splits.train_images, splits.train_annotations)
         val = (splits.val_images, splits.val_annotations)
     elif d["dataset"] == "coco":
