@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from vitinit_cli._common import console, setup_logging, user_errors
 
@@ -45,6 +47,9 @@ def bench(
     account: str = typer.Option(None, "--account", help="Slurm account (with --slurm)."),
     time_min: int = typer.Option(4320, "--time", help="Slurm time limit in minutes (with --slurm)."),
     list_recipes: bool = typer.Option(False, "--list", help="List the bundled recipes and exit."),
+    list_keys: bool = typer.Option(
+        False, "--list-keys", help="Print every key of the recipe with its type and value, and exit."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at info level."),
 ) -> None:
@@ -61,6 +66,9 @@ def bench(
     if name is None and not (resume and output_dir):
         raise typer.BadParameter("name a recipe (see --list), or --resume with --output-dir")
     overrides = overrides or []
+    if list_keys:
+        print_keys(lib.resolve(name, overrides))
+        return
     if dry_run:
         recipe = lib.resolve(name, overrides)
         console.print(to_yaml(recipe), highlight=False, markup=False, end="")
@@ -98,6 +106,19 @@ def bench(
         progress=not quiet and os.environ.get("TERM") != "dumb",
     )
     print_summary(results)
+
+
+def print_keys(recipe: dict) -> None:
+    """Every knob of the schema: key, type (and allowed values or range), the value here, what it does."""
+    from vitinit.recipes.schema import list_knobs
+
+    table = Table(title=f"{recipe['name']}: every key (override with key=value)")
+    for column in ("key", "type", "value", "meaning"):
+        table.add_column(column, overflow="fold")
+    for k in list_knobs(recipe):
+        value = json.dumps(list(k.value) if isinstance(k.value, tuple) else k.value)
+        table.add_row(*(escape(cell) for cell in (k.key, k.type, value, k.help)))
+    console.print(table)
 
 
 def print_summary(results: dict) -> None:

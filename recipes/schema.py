@@ -494,11 +494,10 @@ def list_knobs(tree: dict) -> list[Knob]:
             if dataclasses.is_dataclass(tp):
                 walk(key + ".", tp, value)
             elif f.metadata["free"] is not None:
+                owner = f.metadata["help"].split("(")[-1].split()[0]  # "... (MaskRCNNConfig fields)"
                 for name, (ftp, default) in f.metadata["free"]().items():
-                    given = (value or {}).get(name, default)
-                    out.append(
-                        Knob(f"{key}.{name}", _describe(ftp), given, f.metadata["help"].split(" (")[0])
-                    )
+                    note = f"{owner} field" + ("" if name in (value or {}) else ", its default")
+                    out.append(Knob(f"{key}.{name}", _describe(ftp), (value or {}).get(name, default), note))
             else:
                 meta = f.metadata
                 bound = _bound(meta)
