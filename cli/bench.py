@@ -82,7 +82,7 @@ def bench(
         )
         return
     if slurm:
-        from vitinit.engine.slurm import submit
+        from vitinit.bench.slurm import submit
 
         job = submit(
             name,

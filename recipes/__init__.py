@@ -99,10 +99,23 @@ def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     return derive_schedule(cfg)
 
 
+# Keys added after runs were already saved, with the value that reproduces what those runs did.
+ADDED_KEYS = {
+    ("model", "attention"): "auto",
+    ("train", "images_per_gpu"): None,
+    ("train", "grad_compression"): "none",
+    ("eval", "num_workers"): 0,
+}
+
+
 def check_saved_recipe(tree: Any, source: str | Path) -> dict[str, Any]:
-    """A run's saved ``recipe.yaml`` (plain data) checked against the schema, for ``--resume``."""
+    """A run's saved ``recipe.yaml`` (plain data) checked against the schema, for ``--resume``; a recipe
+    saved before a key existed gets that key's old behaviour (:data:`ADDED_KEYS`)."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source} is not a recipe (a mapping at the top level); the run folder is damaged")
+    for (section, key), value in ADDED_KEYS.items():
+        if isinstance(tree.get(section), dict):
+            tree[section].setdefault(key, value)
     try:
         parse_recipe(tree)
     except ConfigError as e:

@@ -141,7 +141,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_slurm_submission_runs_the_same_worker(tmp_path):
     pytest.importorskip("submitit")
-    from vitinit.engine.slurm import slurm_parameters, submit
+    from vitinit.bench.slurm import submit
+    from vitinit.engine.slurm import slurm_parameters
 
     params = slurm_parameters(
         nodes=2, gpus_per_node=8, partition="learn", account=None, time_min=60, name="x"

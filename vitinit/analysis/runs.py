@@ -1,32 +1,21 @@
-"""Read the run folders the trainer writes (see ``vitinit.engine``), for reports and error analysis.
+"""Read the run folders ``vitinit bench`` writes, for reports and error analysis.
 
-A run folder holds ``results.json`` (status, init, variant, schedule, best/final metrics, where the detections
-and the ground truth are), ``metrics.jsonl`` (train and eval records) and ``eval/iter_*/`` (COCO metrics and
-detections). This module only reads; it never writes into a run.
+What a folder holds, and the checks on each file, are :class:`vitinit.engine.run_folder.RunFolder`'s; this
+module turns them into a :class:`Run` for the report. It only reads; it never writes into a run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitinit.errors import VitinitError
-from vitinit.io.files import read_json
+from vitinit.engine.run_folder import RESULTS_FILE, TIDE_FILE, RunFolder, RunFolderError, UnfinishedRunError
+
+__all__ = ["RESULTS_FILE", "TIDE_FILE", "EvalPoint", "Run", "RunFolderError", "UnfinishedRunError"]
+__all__ += ["load_run"]
 
 logger = logging.getLogger(__name__)
-
-RESULTS_FILE = "results.json"
-TIDE_FILE = Path("analysis") / "tide.json"
-
-
-class RunFolderError(VitinitError, ValueError):
-    """A folder is not a run, or a run is not in the state a command needs."""
-
-
-class UnfinishedRunError(RunFolderError):
-    """The run has not finished (status ``running`` or ``failed``)."""
 
 
 @dataclass(frozen=True)
@@ -71,26 +60,16 @@ def _point(d: dict | None) -> EvalPoint | None:
     )
 
 
-def _read_json(path: Path, what: str) -> dict:
-    return read_json(path, error=RunFolderError, what=what)
-
-
-def _read_curve(path: Path) -> list[EvalPoint]:
-    if not path.is_file():
-        return []
+def _curve(folder: RunFolder) -> list[EvalPoint]:
     points = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+    for record in folder.read_metrics():
+        if record.get("kind") != "eval":
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            # A run killed mid-write leaves a truncated last line; the rest is still good.
-            logger.warning("%s:%d is not JSON; skipped", path, n)
-            continue
-        if record.get("kind") == "eval":
             points.append(_point(record))
-    return sorted(points, key=lambda p: p.iter)
+        except (TypeError, ValueError):  # a hand-edited or foreign line: the curve just lacks that point
+            logger.warning("%s: eval record %s has values of the wrong type; skipped", folder.metrics, record)
+    return sorted((p for p in points if p is not None), key=lambda p: p.iter)
 
 
 def load_run(run_dir: str | Path, *, require_finished: bool = False) -> Run:
@@ -110,34 +89,25 @@ def load_run(run_dir: str | Path, *, require_finished: bool = False) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunFolderError(f"{path} is not a folder")
-    results_path = path / RESULTS_FILE
-    if not results_path.is_file():
-        raise RunFolderError(
-            f"{path} is not a run folder (no {RESULTS_FILE}); pass folders written by `vitinit bench`"
-        )
-    results = _read_json(results_path, "run results")
-    missing = [k for k in ("status", "init", "variant") if k not in results]
-    if missing:
-        raise RunFolderError(f"{results_path} lacks {', '.join(missing)}; is it from `vitinit bench`?")
-    status = str(results["status"])
+    folder = RunFolder(path)
+    results = folder.read_results()  # every field checked: a damaged file is a one-line error
+    status = results["status"]
     if require_finished and status != "finished":
         raise UnfinishedRunError(f"{path} is not finished (status: {status}); wait for it or resume it")
-
-    tide_path = path / TIDE_FILE
     val = results.get("val_annotations")
     eval_dir = results.get("eval_dir")
     return Run(
         path=path,
-        name=str(results.get("name") or path.name),
-        init=str(results["init"]),
-        variant=str(results["variant"]),
+        name=results.get("name") or path.name,
+        init=results["init"],
+        variant=results["variant"],
         status=status,
         epochs=float(results.get("epochs") or 0.0),
         iters=int(results.get("iters") or 0),
         best=_point(results.get("best")),
         final=_point(results.get("final")),
-        curve=_read_curve(path / "metrics.jsonl"),
+        curve=_curve(folder),
         val_annotations=Path(val) if val else None,
         eval_dir=(path / eval_dir) if eval_dir else None,
-        tide=_read_json(tide_path, "error analysis") if tide_path.is_file() else None,
+        tide=folder.read_tide(),
     )

@@ -1,14 +1,7 @@
 """The benchmark as one library call: recipe → backbone weights → Mask R-CNN → training → COCO AP.
 
-``run_bench("mae-vitb")`` is what ``vitinit bench mae-vitb`` does. The run folder (the contract the results
-tools read)::
-
-    RUN_DIR/recipe.yaml           the fully resolved recipe
-    RUN_DIR/weights.json          provenance of the backbone weights
-    RUN_DIR/metrics.jsonl         {"kind": "train", ...} and {"kind": "eval", ...} lines
-    RUN_DIR/eval/iter_XXXXXXX/    metrics.json, bbox.json, segm.json (COCO results format)
-    RUN_DIR/results.json          status, final and best metrics, val annotations, last eval dir
-    RUN_DIR/checkpoints/last.pth  trainer state for --resume
+``run_bench("mae-vitb")`` is what ``vitinit bench mae-vitb`` does. It writes a run folder
+(:class:`vitinit.engine.run_folder.RunFolder` says what is in it), the contract the results tools read.
 """
 
 from __future__ import annotations
@@ -17,9 +10,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from vitinit.bench.run_folder import default_run_dir, load_run_recipe, write_json, write_results
 from vitinit.bench.weights import (
     INITS,
     apply_position_policy,
@@ -31,19 +21,19 @@ from vitinit.bench.weights import (
 )
 from vitinit.bench.worker import Datasets, build_datasets, build_model, run_evaluation, train_worker
 from vitinit.engine import distributed as du
+from vitinit.engine.run_folder import RunFolder
 from vitinit.errors import ConfigError
 from vitinit.recipes import load_recipe, to_plain
 
 __all__ = [
     "INITS",
     "Datasets",
+    "RunFolder",
     "apply_position_policy",
     "build_datasets",
     "build_model",
-    "default_run_dir",
     "describe_weights",
     "global_blocks",
-    "load_run_recipe",
     "load_weights",
     "pretrained_backbone_config",
     "random_backbone_config",
@@ -51,8 +41,6 @@ __all__ = [
     "run_bench",
     "run_evaluation",
     "train_worker",
-    "write_json",
-    "write_results",
 ]
 
 
@@ -85,19 +73,18 @@ def run_bench(
         >>> results = run_bench("demo")  # doctest: +SKIP
         >>> results["final"]["bbox"]["AP"]  # doctest: +SKIP
     """
-    if resume and output_dir is not None and (Path(output_dir) / "recipe.yaml").is_file():
-        recipe = to_plain(OmegaConf.load(Path(output_dir) / "recipe.yaml"))  # type: ignore[arg-type]
-        if overrides:
-            raise ConfigError("a resumed run keeps its recipe; drop the key=value overrides")
+    if resume:
+        folder, recipe = _resumable(name, overrides, output_dir)
     elif name is None:
         raise ConfigError("name a recipe (or --resume an existing --output-dir)")
     else:
         recipe = resolve(name, overrides)
-    run_dir = Path(output_dir) if output_dir is not None else default_run_dir(recipe["name"], resume=resume)
-    if not resume and (run_dir / "checkpoints" / "last.pth").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose --output-dir"
-        )
+        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe["name"])
+        if folder.last_checkpoint.exists():
+            raise ConfigError(
+                f"{folder.path} already holds a run; pass --resume to continue it or choose --output-dir"
+            )
+    run_dir = folder.path
     already_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if num_processes > 1 and not already_distributed:
         out = du.launch(
@@ -111,3 +98,22 @@ def run_bench(
         )
         return out[0]
     return train_worker(recipe, run_dir, resume, progress)
+
+
+def _resumable(
+    name: str | Path | None, overrides: Sequence[str], output_dir: str | Path | None
+) -> tuple[RunFolder, dict]:
+    """The run folder to continue and its own recipe, checked before anything is built or written."""
+    if overrides:
+        raise ConfigError("a resumed run keeps its recipe; drop the key=value overrides")
+    if output_dir is None:
+        if name is None:
+            raise ConfigError("--resume needs --output-dir or a recipe name (its newest run)")
+        folder = RunFolder.newest(Path(name).stem)
+    else:
+        folder = RunFolder(output_dir)
+    folder.check_resumable()
+    recipe = folder.read_recipe()
+    if name is not None and Path(name).stem != recipe["name"]:
+        raise ConfigError(f"{folder.path} is a run of {recipe['name']}, not {Path(name).stem}")
+    return folder, recipe

@@ -13,21 +13,19 @@ from pathlib import Path
 
 import torch
 
-from vitinit.bench.run_folder import write_json, write_results
 from vitinit.bench.weights import apply_position_policy, load_weights
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
 from vitinit.data.transforms import lsj_transform, test_transform
 from vitinit.engine import distributed as du
 from vitinit.engine import hooks as H
 from vitinit.engine.optim import build_optimizer
+from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
 from vitinit.engine.trainer import Trainer
-from vitinit.errors import ConfigError, DatasetError, TrainingError
+from vitinit.errors import ConfigError, DatasetError
 from vitinit.evaluation.coco import COCOEvaluator
-from vitinit.io.save import atomic_path
 from vitinit.modeling.mask_rcnn import build_mask_rcnn, convert_sync_batchnorm
 from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
-from vitinit.recipes import to_yaml
 from vitinit.recipes.schema import parse_recipe
 
 log = logging.getLogger(__name__)
@@ -129,11 +127,11 @@ def _train(
     # Same weights everywhere (seeded above); from here each rank draws its own stream for drop path and
     # RPN/RoI sampling, as detectron2 seeds seed + rank.
     du.seed_everything(seed)
+    folder = RunFolder(run_dir)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "weights.json", provenance)
-        with atomic_path(run_dir / "recipe.yaml") as tmp:
-            tmp.write_text(to_yaml(recipe))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_weights(provenance)
+        folder.write_recipe(recipe)
 
     o, s, t = recipe["optim"], recipe["schedule"], recipe["train"]
     optimizer = build_optimizer(
@@ -154,24 +152,23 @@ def _train(
         milestones=tuple(s["milestones"]),
         gamma=s["gamma"],
     )
-    metrics = H.MetricsWriter(run_dir / "metrics.jsonl", t["log_period"], lr_hook=lr_hook)
+    metrics = H.MetricsWriter(
+        folder.metrics, t["log_period"], lr_hook=lr_hook, tensorboard=folder.tensorboard
+    )
     epoch_of = lambda it: round(it * t["batch_size"] / recipe["data"]["epoch_images"], 4)  # noqa: E731
 
     def evaluate(iteration: int) -> dict:
-        result = run_evaluation(model, data.val, recipe, device, run_dir / "eval" / f"iter_{iteration:07d}")
+        result = run_evaluation(model, data.val, recipe, device, folder.eval_dir(iteration))
         entry = {"kind": "eval", "iter": iteration, "epoch": epoch_of(iteration), **result}
         if main:
-            write_json(
-                run_dir / "eval" / f"iter_{iteration:07d}" / "metrics.json",
-                {k: v for k, v in entry.items() if k != "kind"},
-            )
+            folder.write_eval(entry)
             metrics.write(entry)
-            write_results(run_dir, recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
+            folder.write_results(recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
         return entry
 
     e = recipe["eval"]
     eval_hook = H.Evaluate(evaluate, e["period"] or 0, at_start=e["at_start"])
-    checkpoint = H.Checkpoint(run_dir / "checkpoints", t["checkpoint_period"])
+    checkpoint = H.Checkpoint(folder.checkpoints, t["checkpoint_period"])
     trainer = Trainer(
         ddp_model,
         optimizer,
@@ -189,9 +186,7 @@ def _train(
         ],
     )
     if resume:
-        if not checkpoint.last.is_file():
-            raise TrainingError(f"nothing to resume: {checkpoint.last} does not exist")
-        trainer.load_state_dict(H.restore_rng(H.load_checkpoint(checkpoint.last)))
+        trainer.load_state_dict(H.restore_rng(folder.load_checkpoint()))
         log.info("resuming %s at iteration %d", run_dir, trainer.start_iter)
     trainer.data = _train_loader(data.train, recipe, trainer.start_iter, rank, world)
     try:
@@ -199,10 +194,10 @@ def _train(
     except BaseException as err:
         if main:
             msg = " ".join(str(err).split()) or type(err).__name__
-            write_results(run_dir, recipe, eval_hook.history, "failed", data.val.annotation_file, error=msg)
+            folder.write_results(recipe, eval_hook.history, "failed", data.val.annotation_file, error=msg)
         raise
     results = (
-        write_results(run_dir, recipe, eval_hook.history, "finished", data.val.annotation_file)
+        folder.write_results(recipe, eval_hook.history, "finished", data.val.annotation_file)
         if main
         else {}
     )

@@ -13,8 +13,27 @@ import torch
 
 from vitinit.engine import distributed as du
 from vitinit.engine.optim import lr_factor
+from vitinit.engine.run_folder import (
+    LAST_CHECKPOINT,
+    load_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+    snapshot_name,
+)
 from vitinit.engine.trainer import HookBase
 from vitinit.io.save import atomic_path
+
+# load_checkpoint / save_checkpoint are the run folder's; callers of the hooks find them here too.
+__all__ = [
+    "Checkpoint",
+    "Evaluate",
+    "LRSchedule",
+    "MetricsWriter",
+    "Progress",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +59,6 @@ class LRSchedule(HookBase):
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` into a temp file renamed onto ``path``: a crash never leaves a torn checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Our own trainer state holds only tensors and plain containers, so ``weights_only`` loading suffices."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 class Checkpoint(HookBase):
     """Writes ``DIR/last.pth`` every ``period`` iterations and at the end (main process only).
 
@@ -63,7 +71,7 @@ class Checkpoint(HookBase):
 
     @property
     def last(self) -> Path:
-        return self.directory / "last.pth"
+        return self.directory / LAST_CHECKPOINT
 
     def save(self) -> None:
         state = self.trainer.state_dict()
@@ -77,7 +85,7 @@ class Checkpoint(HookBase):
         save_checkpoint(state, self.last)
         n = self.trainer.completed
         if self.keep_every and n % self.keep_every == 0:
-            save_checkpoint(state, self.directory / f"model_{n:07d}.pth")
+            save_checkpoint(state, self.directory / snapshot_name(n))
         log.info("checkpoint at iteration %d → %s", n, self.last)
 
     def after_step(self) -> None:
@@ -156,10 +164,11 @@ class MetricsWriter(HookBase):
         period: int = 20,
         *,
         lr_hook: LRSchedule | None = None,
-        tensorboard: bool = True,
+        tensorboard: bool | Path = True,
     ) -> None:
         self.path, self.period, self.lr_hook = Path(path), period, lr_hook
-        self.tensorboard = tensorboard
+        # True: events beside the metrics file; a path: there (the run folder's); False: none.
+        self.tensorboard = self.path.parent / "tensorboard" if tensorboard is True else tensorboard
         self.tb = None
 
     def before_train(self) -> None:
@@ -168,20 +177,17 @@ class MetricsWriter(HookBase):
         start = self.trainer.start_iter
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iter", 0) <= start
-            ]
+            # A line the killed run left half-written is dropped with the others past the checkpoint.
+            kept = [r for r in read_jsonl(self.path) if r.get("iter", 0) <= start]
             with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 self.tb = None
             else:
-                self.tb = SummaryWriter(str(self.path.parent / "tensorboard"), purge_step=start or None)
+                self.tb = SummaryWriter(str(self.tensorboard), purge_step=start or None)
 
     def write(self, record: dict[str, Any]) -> None:
         if not du.is_main_process():

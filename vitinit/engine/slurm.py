@@ -1,40 +1,18 @@
-"""``vitinit bench --slurm``: one Slurm job of ``nodes × gpus_per_node`` tasks through submitit.
+"""Slurm through submitit, for any picklable task: one job of ``nodes × gpus_per_node`` tasks, one rank each.
 
-Each task is one rank: submitit's ``TorchDistributedEnvironment`` turns the Slurm variables into the
-``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` ... that ``torch.distributed`` reads, then the task runs the same
-:func:`vitinit.bench.train_worker` as a local run. On preemption or timeout the job requeues itself with
-``resume=True`` (submitit's ``checkpoint`` protocol), continuing from the last checkpoint.
+What the tasks run is the caller's (``vitinit.bench.slurm`` submits the benchmark); this module only knows
+Slurm: the job's parameters, and the executor that submits a task with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vitinit.errors import ConfigError
+from vitinit.errors import MissingDependencyError
 
-
-class BenchTask:
-    """The picklable callable each Slurm task runs."""
-
-    def __init__(self, recipe: dict, run_dir: str, resume: bool) -> None:
-        self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
-
-    def __call__(self) -> dict:
-        import submitit
-
-        from vitinit.bench import train_worker
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return train_worker(self.recipe, self.run_dir, self.resume, progress=False)
-
-    def checkpoint(self) -> Any:
-        """Called by submitit before requeueing: continue from ``last.pth`` when one exists."""
-        import submitit
-
-        resume = (Path(self.run_dir) / "checkpoints" / "last.pth").is_file()
-        return submitit.helpers.DelayedSubmission(BenchTask(self.recipe, self.run_dir, resume))
+# The keys submitit's local/debug executors accept; the others are Slurm's own.
+_GENERIC_KEYS = ("name", "timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "nodes")
 
 
 def slurm_parameters(
@@ -48,7 +26,7 @@ def slurm_parameters(
         tasks_per_node=gpus_per_node,
         cpus_per_task=10,
         timeout_min=time_min,
-        slurm_signal_delay_s=120,
+        slurm_signal_delay_s=120,  # time for the requeue checkpoint before the kill
     )
     if partition:
         params["slurm_partition"] = partition
@@ -57,44 +35,17 @@ def slurm_parameters(
     return params
 
 
-def submit(
-    name: str | None,
-    overrides: Sequence[str] = (),
-    *,
-    output_dir: str | Path | None = None,
-    resume: bool = False,
-    nodes: int = 1,
-    gpus_per_node: int = 8,
-    partition: str | None = None,
-    account: str | None = None,
-    time_min: int = 4320,
-    cluster: str | None = None,
-) -> Any:
-    """Submit the benchmark; returns the submitit job (``cluster="local"``/``"debug"`` run it here)."""
+def submit_task(task: Any, log_dir: str | Path, params: dict[str, Any], *, cluster: str | None = None) -> Any:
+    """Submit ``task`` (a picklable callable) with ``params``; logs go to ``log_dir/<job id>``.
+
+    ``cluster="local"`` / ``"debug"`` run it on this machine (submitit's executors for tests).
+    """
     try:
         import submitit
     except ImportError:
-        raise ConfigError("--slurm needs submitit: pip install 'vitinit[slurm]'") from None
-    from vitinit.bench import default_run_dir, resolve
-
-    recipe = resolve(name, overrides) if name else None
-    if recipe is None:
-        raise ConfigError("--slurm needs a recipe name")
-    run_dir = Path(output_dir) if output_dir else default_run_dir(recipe["name"], resume=resume)
-    executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster=cluster)
-    params = slurm_parameters(
-        nodes=nodes,
-        gpus_per_node=gpus_per_node,
-        partition=partition,
-        account=account,
-        time_min=time_min,
-        name=recipe["name"],
-    )
-    if executor.cluster != "slurm":  # local/debug executors take only the generic knobs
-        params = {
-            k: v
-            for k, v in params.items()
-            if k in ("name", "timeout_min", "gpus_per_node", "tasks_per_node", "cpus_per_task", "nodes")
-        }
+        raise MissingDependencyError("--slurm needs submitit: pip install 'vitinit[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=Path(log_dir) / "%j", cluster=cluster)
+    if executor.cluster != "slurm":
+        params = {k: v for k, v in params.items() if k in _GENERIC_KEYS}
     executor.update_parameters(**params)
-    return executor.submit(BenchTask(recipe, str(run_dir.resolve()), resume))
+    return executor.submit(task)

@@ -1,0 +1,74 @@
+"""``vitinit bench --slurm``: the benchmark as one Slurm job, one rank per GPU (see ``vitinit.engine.slurm``).
+
+Each task is one rank: submitit's ``TorchDistributedEnvironment`` turns the Slurm variables into the
+``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` ... that ``torch.distributed`` reads, then the task runs the same
+:func:`vitinit.bench.worker.train_worker` as a local run. On preemption or timeout the job requeues itself
+with ``resume=True`` (submitit's ``checkpoint`` protocol), continuing from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vitinit.bench.worker import train_worker
+from vitinit.engine.run_folder import RunFolder
+from vitinit.engine.slurm import slurm_parameters, submit_task
+from vitinit.errors import ConfigError
+from vitinit.recipes import load_recipe, to_plain
+
+
+class BenchTask:
+    """The picklable callable each Slurm task runs."""
+
+    def __init__(self, recipe: dict, run_dir: str, resume: bool) -> None:
+        self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
+
+    def __call__(self) -> dict:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return train_worker(self.recipe, self.run_dir, self.resume, progress=False)
+
+    def checkpoint(self) -> Any:
+        """Called by submitit before requeueing: continue from ``last.pth`` when one exists."""
+        import submitit
+
+        resume = RunFolder(self.run_dir).last_checkpoint.is_file()
+        return submitit.helpers.DelayedSubmission(BenchTask(self.recipe, self.run_dir, resume))
+
+
+def submit(
+    name: str | None,
+    overrides: Sequence[str] = (),
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    partition: str | None = None,
+    account: str | None = None,
+    time_min: int = 4320,
+    cluster: str | None = None,
+) -> Any:
+    """Submit the benchmark; returns the submitit job (``cluster="local"``/``"debug"`` run it here)."""
+    if not name:
+        raise ConfigError("--slurm needs a recipe name")
+    recipe = to_plain(load_recipe(name, overrides))
+    if output_dir is not None:
+        folder = RunFolder(output_dir)
+    else:
+        folder = RunFolder.newest(recipe["name"]) if resume else RunFolder.new(recipe["name"])
+    if resume:
+        folder.check_resumable()
+    params = slurm_parameters(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        partition=partition,
+        account=account,
+        time_min=time_min,
+        name=recipe["name"],
+    )
+    task = BenchTask(recipe, str(folder.path.resolve()), resume)
+    return submit_task(task, folder.slurm, params, cluster=cluster)
