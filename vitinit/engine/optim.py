@@ -5,10 +5,9 @@ relative-position bias tables (MIMDet's recipe; detectron2's ViTDet configs exem
 BEiT's layer scale.
 Biases keep weight decay, as detectron2 does by default (``weight_decay_bias = weight_decay``).
 
-Optional layer-wise lr decay follows ViTDet's ``get_vit_lr_decay_rate`` (formats.md §6.6): patch/pos
-embedding → layer 0, block k → k+1, everything else (pyramid, FPN, heads) → L+1, lr × rate^(L+1−layer).
-Shared relative-position tables are used by every block; like BEiT's fine-tuning code
-(``get_layer_id_for_vit``: ``rel_pos_bias`` → last layer) they get the full rate.
+Optional layer-wise lr decay follows ViTDet's ``get_vit_lr_decay_rate``: lr × rate^(L+1−layer), where the
+model numbers its layers (``vitinit.modeling.lr_decay``: patch/pos embedding → 0, block k → k+1, everything
+else → L+1).
 """
 
 from __future__ import annotations
@@ -20,31 +19,11 @@ import torch
 import torch.nn as nn
 
 from vitinit.errors import ConfigError
-from vitinit.modeling.vit import DetectionViT
+from vitinit.modeling.lr_decay import lr_decay_layers
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
 # gamma_1/gamma_2: BEiT's layer scale, which its own fine-tuning exempts with every 1-D parameter.
 _NO_DECAY_NAMES = ("pos_embed", "relative_position_bias_table", "gamma_1", "gamma_2")
-
-
-def _find_vit(model: nn.Module) -> tuple[str, DetectionViT] | None:
-    for name, module in model.named_modules():
-        if isinstance(module, DetectionViT):
-            return name, module
-    return None
-
-
-def vit_layer_id(name: str, vit_prefix: str, depth: int) -> int:
-    """ViTDet's layer id of a parameter name (0 .. depth + 1)."""
-    prefix = vit_prefix + "." if vit_prefix else ""
-    if not name.startswith(prefix):
-        return depth + 1
-    rest = name[len(prefix) :]
-    if rest.startswith(("pos_embed", "patch_embed")):
-        return 0
-    if rest.startswith("blocks."):
-        return int(rest.split(".")[1]) + 1
-    return depth + 1
 
 
 def build_param_groups(
@@ -59,15 +38,15 @@ def build_param_groups(
     for module in model.modules():
         if isinstance(module, _NORMS):
             no_decay.update(id(p) for p in module.parameters(recurse=False))
-    found = _find_vit(model)
-    vit_prefix, depth = (found[0], found[1].config.depth) if found else ("", 0)
+    layers = lr_decay_layers(model) if layer_decay else None
+    top = layers[1] if layers else 0
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decay = id(p) not in no_decay and not any(n in name for n in _NO_DECAY_NAMES)
-        layer = vit_layer_id(name, vit_prefix, depth) if (layer_decay and found) else depth + 1
-        scale = layer_decay ** (depth + 1 - layer) if (layer_decay and found) else 1.0
+        layer = layers[0](name) if layers else top
+        scale = layer_decay ** (top - layer) if layers else 1.0
         g = groups.setdefault(
             (layer, decay),
             {
