@@ -333,21 +333,8 @@ def _numbers(value: Any) -> list[float]:
 
 
 def _bound(meta: dict) -> str:
-    lo = (
-        f"≥ {meta['min']}"
-        if meta["min"] is not None
-        else f"> {meta['above']}"
-        if meta["above"] is not None
-        else ""
-    )
-    hi = (
-        f"≤ {meta['max']}"
-        if meta["max"] is not None
-        else f"< {meta['below']}"
-        if meta["below"] is not None
-        else ""
-    )
-    return " and ".join(b for b in (lo, hi) if b)
+    signs = (("min", "≥"), ("above", ">"), ("max", "≤"), ("below", "<"))
+    return " and ".join(f"{sign} {meta[k]}" for k, sign in signs if meta[k] is not None)
 
 
 def _check_field(key: str, value: Any, tp: Any, meta: dict) -> None:

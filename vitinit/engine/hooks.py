@@ -18,7 +18,6 @@ from vitinit.engine.run_folder import (
     load_checkpoint,
     read_jsonl,
     save_checkpoint,
-    snapshot_name,
 )
 from vitinit.engine.trainer import HookBase
 from vitinit.io.save import atomic_path
@@ -63,11 +62,11 @@ class Checkpoint(HookBase):
     """Writes ``DIR/last.pth`` every ``period`` iterations and at the end (main process only).
 
     A failing run (non-finite loss, exception, interrupt) writes nothing more, so ``last.pth`` stays the
-    last good state. ``keep_every`` additionally keeps ``model_XXXXXXX.pth`` snapshots at that interval.
+    last good state.
     """
 
-    def __init__(self, directory: str | Path, period: int, *, keep_every: int | None = None) -> None:
-        self.directory, self.period, self.keep_every = Path(directory), period, keep_every
+    def __init__(self, directory: str | Path, period: int) -> None:
+        self.directory, self.period = Path(directory), period
 
     @property
     def last(self) -> Path:
@@ -83,10 +82,7 @@ class Checkpoint(HookBase):
         if not du.is_main_process():
             return
         save_checkpoint(state, self.last)
-        n = self.trainer.completed
-        if self.keep_every and n % self.keep_every == 0:
-            save_checkpoint(state, self.directory / snapshot_name(n))
-        log.info("checkpoint at iteration %d → %s", n, self.last)
+        log.info("checkpoint at iteration %d → %s", self.trainer.completed, self.last)
 
     def after_step(self) -> None:
         n = self.trainer.completed

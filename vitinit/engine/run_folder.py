@@ -7,7 +7,7 @@
     RUN_DIR/metrics.jsonl                {"kind": "train", ...} and {"kind": "eval", ...} lines
     RUN_DIR/eval/iter_XXXXXXX/           metrics.json, bbox.json, segm.json (COCO results format)
     RUN_DIR/results.json                 status, final and best metrics, val annotations, last eval dir
-    RUN_DIR/checkpoints/last.pth         trainer state for --resume (model_XXXXXXX.pth: kept snapshots)
+    RUN_DIR/checkpoints/last.pth         trainer state for --resume
     RUN_DIR/analysis/tide.json           TIDE error analysis of the last evaluation
     RUN_DIR/tensorboard/, RUN_DIR/slurm/ TensorBoard events; submitit's logs
 
@@ -48,11 +48,6 @@ class RunFolderError(VitinitError, ValueError):
 
 class UnfinishedRunError(RunFolderError):
     """The run has not finished (status ``running`` or ``failed``)."""
-
-
-def snapshot_name(iteration: int) -> str:
-    """A kept checkpoint beside ``last.pth`` (detectron2's ``model_XXXXXXX.pth``)."""
-    return f"model_{iteration:07d}.pth"
 
 
 def eval_name(iteration: int) -> str:
