@@ -34,7 +34,10 @@ def report(
     Unfinished runs are skipped with a warning; a folder that is not a run is an error.
     """
     from vitinit.analysis.report import build_report, comparison_rows
+    from vitinit.errors import OutputExistsError
 
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"-o {output} is a file; give a folder for report.md and the PNGs")
     setup_logging(verbose)
     handler = _WarningsToConsole(logging.WARNING)
     logging.getLogger("vitinit.analysis").addHandler(handler)
