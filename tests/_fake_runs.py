@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from vitinit.engine.run_folder import RunFolder, eval_name
+
 IMAGE_SIZE = 96
 CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "bird"}]
 
@@ -114,6 +116,7 @@ def write_run(
     ``curve`` gives each evaluation's AP as a fraction of ``box_ap``/``mask_ap``, at evenly spaced iterations.
     """
     run = root / name
+    folder = RunFolder(run)  # the writer's own paths, so the readers are tested against the real layout
     iters = int(epochs * iters_per_epoch)
     gt = json.loads(gt_path.read_text())
     dets = make_detections(gt, error=error, seed=len(name))
@@ -124,20 +127,20 @@ def write_run(
         points.append(point)
         lines.append(json.dumps({"kind": "train", "iter": it, "loss": 1.0 / k, "lr": 1e-4}))
         lines.append(json.dumps({"kind": "eval", **point}))
-        eval_dir = run / "eval" / f"iter_{it:07d}"
+        eval_dir = folder.eval_dir(it)
         write_json(eval_dir / "metrics.json", point)
         write_json(eval_dir / "bbox.json", [without(d, "segmentation") for d in dets])
         write_json(eval_dir / "segm.json", [without(d, "bbox") for d in dets])
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run / "recipe.yaml").write_text(
+    folder.metrics.write_text("\n".join(lines) + "\n")
+    folder.recipe.write_text(
         f"name: {name}\nmodel:\n  variant: {variant}\nweights:\n  init: {init}\n"
         f"schedule:\n  epochs: {epochs}\n  iters: {iters}\n"
     )
-    write_json(run / "weights.json", {"family": init, "format": "test", "source": "synthetic"})
+    write_json(folder.weights, {"family": init, "format": "test", "source": "synthetic"})
     best = points[-1]
-    write_json(run / "results.json", {
+    write_json(folder.results, {
         "status": status, "name": name, "init": init, "variant": variant, "iters": iters, "epochs": epochs,
         "final": best, "best": best, "val_annotations": str(gt_path.resolve()),
-        "eval_dir": f"eval/iter_{best['iter']:07d}",
+        "eval_dir": eval_name(best["iter"]),
     })
     return run

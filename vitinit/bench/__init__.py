@@ -11,10 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitinit.bench.weights import (
-    INITS,
     apply_position_policy,
     describe_weights,
-    global_blocks,
     load_weights,
     pretrained_backbone_config,
     random_backbone_config,
@@ -26,14 +24,12 @@ from vitinit.errors import ConfigError
 from vitinit.recipes import load_recipe, to_plain
 
 __all__ = [
-    "INITS",
     "Datasets",
     "RunFolder",
     "apply_position_policy",
     "build_datasets",
     "build_model",
     "describe_weights",
-    "global_blocks",
     "load_weights",
     "pretrained_backbone_config",
     "random_backbone_config",
