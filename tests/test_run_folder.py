@@ -194,3 +194,11 @@ def test_the_folder_names_every_file(tmp_path):
         tmp_path / "gt.json",
     )
     assert folder.read_results() == results and results["eval_dir"] == "eval/iter_0000010"
+
+
+def test_slurm_resume_is_checked_here_before_submitting(tmp_path):
+    from vitinit.bench.slurm import submit
+
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        submit(None, resume=True, output_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no slurm/ log folder either

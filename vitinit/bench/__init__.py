@@ -34,6 +34,7 @@ __all__ = [
     "pretrained_backbone_config",
     "random_backbone_config",
     "resolve",
+    "resumable",
     "run_bench",
     "run_evaluation",
     "train_worker",
@@ -70,7 +71,7 @@ def run_bench(
         >>> results["final"]["bbox"]["AP"]  # doctest: +SKIP
     """
     if resume:
-        folder, recipe = _resumable(name, overrides, output_dir)
+        folder, recipe = resumable(name, overrides, output_dir)
     elif name is None:
         raise ConfigError("name a recipe (or --resume an existing --output-dir)")
     else:
@@ -96,10 +97,11 @@ def run_bench(
     return train_worker(recipe, run_dir, resume, progress)
 
 
-def _resumable(
-    name: str | Path | None, overrides: Sequence[str], output_dir: str | Path | None
+def resumable(
+    name: str | Path | None, overrides: Sequence[str] = (), output_dir: str | Path | None = None
 ) -> tuple[RunFolder, dict]:
-    """The run folder to continue and its own recipe, checked before anything is built or written."""
+    """The run folder ``--resume`` continues (``output_dir``, or the newest run of ``name``) and its own
+    saved recipe, both checked before anything is built or written."""
     if overrides:
         raise ConfigError("a resumed run keeps its recipe; drop the key=value overrides")
     if output_dir is None:

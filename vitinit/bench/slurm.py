@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vitinit.bench import resumable
 from vitinit.bench.worker import train_worker
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.slurm import slurm_parameters, submit_task
@@ -53,15 +54,13 @@ def submit(
     cluster: str | None = None,
 ) -> Any:
     """Submit the benchmark; returns the submitit job (``cluster="local"``/``"debug"`` run it here)."""
-    if not name:
+    if resume:  # the run's own recipe, from its folder
+        folder, recipe = resumable(name, overrides, output_dir)
+    elif not name:
         raise ConfigError("--slurm needs a recipe name")
-    recipe = to_plain(load_recipe(name, overrides))
-    if output_dir is not None:
-        folder = RunFolder(output_dir)
     else:
-        folder = RunFolder.newest(recipe["name"]) if resume else RunFolder.new(recipe["name"])
-    if resume:
-        folder.check_resumable()
+        recipe = to_plain(load_recipe(name, overrides))
+        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe["name"])
     params = slurm_parameters(
         nodes=nodes,
         gpus_per_node=gpus_per_node,

@@ -113,6 +113,7 @@ def _train(
     recipe: dict, run_dir: Path, device: torch.device, *, resume: bool, progress: bool, world: int, rank: int
 ) -> dict:
     main = rank == 0
+    parse_recipe(recipe)  # a library caller's hand-made recipe fails here, before any data is indexed
     seed = recipe["train"]["seed"]
     data = build_datasets(recipe)
     torch.manual_seed(seed)  # same fresh weights on every rank
