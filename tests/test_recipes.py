@@ -134,3 +134,14 @@ def test_recipes_ship_inside_the_package():
 
     files = {p.name for p in resources.files("vitinit.recipes").iterdir()}
     assert {"mae-vitb.yaml", "_base_coco.yaml", "demo.yaml"} <= files
+
+
+def test_recipe_comments_cite_sources_by_name():
+    """Sources are named ("the paper", "ViTDet's configs"), never files outside the repository."""
+    from importlib import resources
+
+    for p in resources.files("vitinit.recipes").iterdir():
+        if p.name.endswith(".yaml"):
+            text = p.read_text()
+            for outside in ("paper.md", "formats.md", "shared/reference", "§"):
+                assert outside not in text, f"{p.name} cites {outside}"
