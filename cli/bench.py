@@ -110,7 +110,7 @@ def bench(
 
 def print_keys(recipe: dict) -> None:
     """Every knob of the schema: key, type (and allowed values or range), the value here, what it does."""
-    from vitinit.recipes.schema import list_knobs
+    from vitinit.recipes.check import list_knobs
 
     table = Table(title=f"{recipe['name']}: every key (override with key=value)")
     for column in ("key", "type", "value", "meaning"):

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from vitinit.recipes.schema import check_recipe, parse_recipe
+from vitinit.recipes.check import check_recipe, parse_recipe
 
 from vitinit.errors import ConfigError
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 from vitinit.recipes import load_recipe
 from vitinit.recipes import schema as S
+from vitinit.recipes.check import list_knobs, parse_recipe
 from vitinit_cli.main import app
 
 from vitinit.bench import resolve
@@ -105,7 +106,7 @@ def test_open_subtrees_follow_the_dataclasses(monkeypatch):
 
 
 def test_the_typed_view_builds_the_detector_config():
-    recipe = S.parse_recipe(resolve("demo", ["optim.lr=2e-3"]))
+    recipe = parse_recipe(resolve("demo", ["optim.lr=2e-3"]))
     assert recipe.optim.lr == 2e-3 and recipe.schedule.iters == 200 and recipe.train.batch_size == 4
     assert recipe.data.train.images and recipe.eval.num_workers == 0
     cfg = recipe.detector_config(ViTBackboneConfig(), num_classes=3)
@@ -124,7 +125,7 @@ def test_dry_run_errors_are_one_line():
 def test_list_keys_prints_every_knob_with_type_and_value():
     r = runner.invoke(app, ["bench", "demo", "--list-keys"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
-    knobs = S.list_knobs(resolve("demo"))
+    knobs = list_knobs(resolve("demo"))
     for k in knobs:
         assert k.key in r.output
     keys = {k.key: k for k in knobs}

@@ -26,7 +26,7 @@ from vitinit.errors import ConfigError, DatasetError
 from vitinit.evaluation.coco import COCOEvaluator
 from vitinit.modeling.mask_rcnn import build_mask_rcnn, convert_sync_batchnorm
 from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
-from vitinit.recipes.schema import parse_recipe
+from vitinit.recipes.check import parse_recipe
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,13 @@ from typing import Any
 import torch
 
 from vitinit.engine import distributed as du
+from vitinit.engine.checkpoint import load_checkpoint, save_checkpoint
 from vitinit.engine.optim import lr_factor
-from vitinit.engine.run_folder import (
-    LAST_CHECKPOINT,
-    load_checkpoint,
-    read_jsonl,
-    save_checkpoint,
-)
+from vitinit.engine.run_folder import LAST_CHECKPOINT, read_jsonl
 from vitinit.engine.trainer import HookBase
 from vitinit.io.save import atomic_path
 
-# load_checkpoint / save_checkpoint are the run folder's; callers of the hooks find them here too.
+# load_checkpoint / save_checkpoint live in engine.checkpoint; callers of the hooks find them here too.
 __all__ = [
     "Checkpoint",
     "Evaluate",
