@@ -28,13 +28,11 @@ Tensors are :class:`LazyTensor` so that conversion can stream a multi-GB checkpo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
-
-CANONICAL_FORMAT_VERSION = "1"
 
 RelPosStyle = Literal["none", "shared", "per_block"]
 BEIT_EXTRA_REL_POS_ROWS = 3  # cls→patch, patch→cls, cls→cls (BEiT's modeling_finetune.py)
@@ -107,12 +105,6 @@ class ViTSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: Mapping) -> ViTSpec:
-        d = dict(d)
-        d["pretrain_grid"] = tuple(d["pretrain_grid"])
-        return cls(**d)
-
 
 @dataclass
 class Provenance:
@@ -144,17 +136,6 @@ class Checkpoint:
     spec: ViTSpec
     tensors: TensorMap
     provenance: Provenance
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
-
-    def with_tensors(self, tensors: TensorMap, **spec_changes) -> Checkpoint:
-        """A new checkpoint (the input is never mutated) with other tensors and spec fields."""
-        return Checkpoint(replace(self.spec, **spec_changes), tensors, self.provenance)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
 
 
 def block_keys(i: int, *, layer_scale: bool) -> list[str]:

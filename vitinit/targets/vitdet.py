@@ -23,6 +23,10 @@ from vitinit.errors import CheckpointFormatError
 from vitinit.io.load import open_checkpoint
 from vitinit.io.save import atomic_path, check_output_path, sha256_file, write_safetensors
 from vitinit.modeling.vit import ViTBackboneConfig
+from vitinit.normalize.detection import normalize
+from vitinit.normalize.options import Normalized
+
+__all__ = ["FORMAT", "normalize", "read", "write"]
 
 FORMAT = "vitinit.vitdet"
 FORMAT_VERSION = "1"
@@ -82,6 +86,21 @@ def write_vitdet(
     )
 
 
+def write(
+    path: str | Path,
+    normalized: Normalized,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    source_sha256: Callable[[], str] | None = None,
+) -> str:
+    """The target table's writer: :func:`write_vitdet` of a :class:`Normalized` result."""
+    return write_vitdet(
+        path, normalized.config, normalized.tensors, normalized.provenance, overwrite=overwrite,
+        progress=progress, source_sha256=source_sha256,
+    )
+
+
 def write_vitdet_pth(path: str | Path, weights_path: str | Path, *, overwrite: bool = False) -> str:
     """A ``.pth`` copy of a written ``.safetensors`` backbone (same tensors, metadata); returns its sha256."""
     path = check_output_path(path, overwrite=overwrite)
@@ -121,3 +140,6 @@ def parse_vitdet_metadata(path: str | Path, metadata: Mapping[str, str]) -> tupl
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
     return config, provenance
+
+
+read = read_vitdet
