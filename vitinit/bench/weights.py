@@ -164,7 +164,10 @@ def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tenso
     options = normalize_options(recipe)
     if path is not None and str(path).endswith(".safetensors") and _is_vitdet(path):
         return _load_converted(path, recipe, options)
-    normalized = normalize_source(path, family=w["init"], target="vitdet", options=options, model=variant)
+    heads = None if variant else (m.get("backbone") or {}).get("num_heads")  # custom sizes only
+    normalized = normalize_source(
+        path, family=w["init"], target="vitdet", options=options, model=variant, num_heads=heads
+    )
     config = normalized.config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
     return config, normalized.state_dict(), normalized.provenance.to_dict()
 

@@ -1,0 +1,97 @@
+"""One pipeline: `vitinit convert`'s file and the bench's in-memory weights are the same tensors, and the
+defaults are lossless (the written file computes what the source computed)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from fixtures import make_fixtures as mf
+from fixtures.reference import backbone_features, timm_beit_features
+from typer.testing import CliRunner
+from vitinit_cli.main import app
+
+from vitinit.bench import load_weights, resolve
+from vitinit.modeling.vit import DetectionViT, load_backbone_state
+from vitinit.targets.vitdet import read_vitdet
+
+runner = CliRunner()
+SMALL = ["model.img_size=64", "model.window_size=4", "model.variant=custom", "model.backbone.num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return {
+        "mae": (root / "mae.pth", mf.mae_checkpoint(root / "mae.pth")),
+        "beit_ft": (root / "beit_ft.pth", mf.beit_checkpoint(root / "beit_ft.pth", pretrain=False)),
+    }
+
+
+def _convert(tmp_path, src, *options: str) -> dict[str, torch.Tensor]:
+    out = tmp_path / "out.safetensors"
+    args = ["convert", str(src), "--num-heads", "2", "--size", "64", "--window-size", "4", "-o", str(out)]
+    res = runner.invoke(app, [*args, *options])
+    assert res.exit_code == 0, res.output
+    return read_vitdet(out)
+
+
+# (source, recipe, recipe overrides, the same choice as `vitinit convert` options)
+CASES = {
+    "mae-defaults": ("mae", "mae-vitb", [], []),
+    "mae-ablation": (
+        "mae", "mae-vitb", ["model.pos_abs=random", "model.pos_rel=zero", "weights.seed=3"],
+        ["--abs-pos", "random", "--seed", "3"],
+    ),
+    "beit-ft-shared": (
+        "beit_ft", "beit-vitb", ["model.pos_abs=zero"], ["--rel-pos", "shared", "--abs-pos", "zero"]
+    ),
+    "beit-ft-per-block": (
+        "beit_ft", "beit-vitb", ["model.rel_pos=per_block", "model.pos_abs=random"], ["--abs-pos", "random"]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_convert_file_and_bench_memory_are_identical(sources, tmp_path, case):
+    name, recipe_name, overrides, options = CASES[case]
+    path, _ = sources[name]
+    recipe = resolve(recipe_name, [*SMALL, f"weights.source={path}", *overrides])
+    config, state, provenance = load_weights(recipe)
+    written = _convert(tmp_path, path, *options)
+    assert set(state) == set(written.state_dict)
+    for k, v in written.state_dict.items():
+        assert torch.equal(state[k], v), k
+    # Same backbone; the bench adds its training knobs (drop path) on top.
+    assert config.replace(drop_path_rate=0.0) == written.config
+    assert provenance["normalization"] == written.provenance["normalization"]
+    if case == "mae-ablation":  # pos_rel zero in the bench = zero tables (MAE has none anyway)
+        assert "random truncated normal" in provenance["normalization"]["abs_pos"]
+
+
+def test_bench_records_when_its_recipe_averages_per_block_tables(sources, caplog):
+    path, _ = sources["beit_ft"]
+    recipe = resolve("beit-vitb", [*SMALL, f"weights.source={path}"])  # the paper's rel_pos: shared
+    with caplog.at_level(logging.WARNING):
+        config, state, provenance = load_weights(recipe)
+    assert config.rel_pos == "shared" and "AVERAGED (lossy)" in caplog.text
+    assert "AVERAGED" in provenance["normalization"]["rel_pos_rule"]
+    # pos_abs: random (the paper's BEiT recipe) is drawn by the normalization, recorded there.
+    assert "random truncated normal" in provenance["normalization"]["abs_pos"]
+    assert state["pos_embed"].std() > 0.01
+
+
+def test_default_beit_finetuned_file_is_lossless(sources, tmp_path):
+    """The file as written with no options computes the fine-tuned BEiT's patch tokens (per-block tables,
+    zero abs pos), at the pre-training grid with windows covering it."""
+    path, beit = sources["beit_ft"]
+    out = tmp_path / "beit.safetensors"
+    args = ["convert", str(path), "--num-heads", "2", "--size", str(mf.IMG), "--window-size", str(mf.GRID)]
+    assert runner.invoke(app, [*args, "-o", str(out)]).exit_code == 0
+    w = read_vitdet(out)
+    assert w.config.rel_pos == "per_block" and not w.state_dict["pos_embed"].any()
+    net = DetectionViT(w.config.replace(out_indices=(mf.DEPTH - 1,))).eval()
+    load_backbone_state(net, w.state_dict)
+    x = torch.randn(2, 3, mf.IMG, mf.IMG, generator=torch.Generator().manual_seed(0))
+    assert (backbone_features(net, x) - timm_beit_features(beit, x)).abs().max() <= 1e-5
