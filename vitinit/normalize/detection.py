@@ -1,7 +1,7 @@
 """Canonical checkpoint → the paper's detection backbone state (:class:`~vitinit.modeling.vit.DetectionViT`).
 
 What happens to each part (the paper, §3; every choice lands in ``Provenance.normalization``; the modes
-are :class:`~vitinit.normalize.options.NormalizeOptions`'):
+are :class:`~vitinit.normalize.options.NormalizeOptions`'s):
 
 - **Absolute position embedding**: the prefix (cls / dist) rows are dropped and the pre-training grid is
   resized to ``img_size / patch`` with plain bicubic, no antialias (``vitinit.ops.pos_embed``, as
