@@ -95,3 +95,27 @@ def test_default_beit_finetuned_file_is_lossless(sources, tmp_path):
     load_backbone_state(net, w.state_dict)
     x = torch.randn(2, 3, mf.IMG, mf.IMG, generator=torch.Generator().manual_seed(0))
     assert (backbone_features(net, x) - timm_beit_features(beit, x)).abs().max() <= 1e-5
+
+
+def test_random_init_has_one_source_the_models_own_init():
+    """`--from random` is DetectionViT.reset_parameters under a seeded RNG (the caller's RNG untouched);
+    with no function to preserve, its abs pos is the model's random draw by default."""
+    from vitinit.formats.random import random_checkpoint
+    from vitinit.modeling.vit import ViTBackboneConfig
+    from vitinit.normalize.options import NormalizeOptions
+    from vitinit.targets import TARGETS
+
+    state = torch.random.get_rng_state()
+    ckpt = random_checkpoint("vit-t", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(3)
+    cfg = ViTBackboneConfig.for_variant("vit-t", img_size=16, global_block_indexes=(), rel_pos="none",
+                                        use_abs_pos=False)
+    model = DetectionViT(cfg).state_dict()
+    assert set(model) == set(ckpt.tensors)
+    assert all(torch.equal(ckpt.tensors[k].load(), v) for k, v in model.items())
+    n = TARGETS["vitdet"].normalize(ckpt, NormalizeOptions(img_size=256, seed=5))
+    pos = n.tensors["pos_embed"].load()
+    assert abs(pos.std().item() - 0.02) < 0.002 and "random" in n.provenance.normalization["abs_pos"]
+    zero = TARGETS["vitdet"].normalize(ckpt, NormalizeOptions(img_size=256, abs_pos="zero"))
+    assert not zero.tensors["pos_embed"].load().any()
