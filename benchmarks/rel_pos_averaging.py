@@ -2,8 +2,8 @@
 costs (``--rel-pos shared``), against keeping them per block (the default, lossless).
 
 A ViT-B BEiT in timm's fine-tuned layout (``beit_base_patch16_224``: per-block tables, layer scale) at
-224 px, with per-block tables built around one pre-training-like table (each head's bias falls with the
-token distance, as a pre-trained BEiT's does) in two ways that fine-tuning makes tables differ:
+224 px, with per-block tables built around one table whose bias falls with the token distance (an assumed
+shape, not read from a real checkpoint), differing per block in one of two ways:
 
 - ``slope``: each block and head has its own locality strength (slope ``U(0, 2·s)`` per unit distance);
 - ``noise``: independent per-entry deviations ``N(0, s²)`` around the shared table.
@@ -11,8 +11,11 @@ token distance, as a pre-trained BEiT's does) in two ways that fine-tuning makes
 These are synthetic layouts (no real fine-tuned checkpoint is read). Printed per layout: the largest
 relative-position bias error |mean table − own table| over blocks, heads and offsets, and the last block's
 patch-token features of the averaged conversion vs the per-block one (max |diff| and relative L2), same
-input. Windows cover the 14×14 grid, global blocks 2, 5, 8, 11 (the paper's), so the window table is the
-mean of the 8 windowed blocks and the global table the mean of the 4 global ones.
+input, and the largest total-variation distance between a query's attention distribution under the mean
+table and under its own table with q·k = 0 (what the bias alone changes; the random weights here make
+q·k and each block's output small, so the feature numbers understate what a trained model would show).
+Windows cover the 14×14 grid, global blocks 2, 5, 8, 11 (the paper's), so the window table is the mean of
+the 8 windowed blocks and the global table the mean of the 4 global ones.
 
     python benchmarks/rel_pos_averaging.py            # ViT-B, ~1 min on one CPU core
     python benchmarks/rel_pos_averaging.py --quick    # ViT-S-sized, seconds
@@ -31,6 +34,7 @@ from timm.models.beit import Beit
 from vitinit.formats import read_checkpoint
 from vitinit.modeling.vit import DetectionViT, load_backbone_state
 from vitinit.normalize.options import NormalizeOptions
+from vitinit.ops.rel_pos import gather_rel_pos_bias, relative_position_index
 from vitinit.targets import TARGETS
 
 
@@ -74,8 +78,11 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     opts = dict(img_size=224, window_size=14, global_block_indexes=(2, 5, 8, 11))
-    print(f"| layout | scale | max bias error | features max abs diff | features rel. L2 |  (width {width})")
-    print("|---|---|---|---|---|")
+    print(
+        f"| layout | scale | max bias error | max attention TV (bias only) | features max abs diff "
+        f"| features rel. L2 |  (width {width})"
+    )
+    print("|---|---|---|---|---|---|")
     for kind, scale in (("slope", 0.25), ("slope", 0.5), ("slope", 1.0), ("noise", 0.1), ("noise", 0.5)):
         beit = Beit(
             img_size=224, patch_size=16, embed_dim=width, depth=12, num_heads=heads, num_classes=0,
@@ -90,15 +97,19 @@ def main() -> None:
             avg = TARGETS["vitdet"].normalize(ckpt, NormalizeOptions(**opts, rel_pos="shared"))
             tables = avg.state_dict()
             own_state = own.state_dict()
-            err = 0.0
+            err, tv, index = 0.0, 0.0, relative_position_index((14, 14))
             for i in range(12):
                 shared = "global" if i in opts["global_block_indexes"] else "window"
                 mean = tables[f"rel_pos_{shared}.relative_position_bias_table"]
                 block = own_state[f"blocks.{i}.rel_pos.relative_position_bias_table"]
                 err = max(err, (mean - block).abs().max().item())
+                # Attention from the bias alone (q·k = 0): total variation between the two distributions.
+                p, q = (gather_rel_pos_bias(t, index).softmax(-1) for t in (mean, block))
+                tv = max(tv, 0.5 * (p - q).abs().sum(-1).max().item())
             a, b = features(avg, x), features(own, x)
         rel = ((a - b).norm() / b.norm()).item()
-        print(f"| {kind} | {scale} | {float(err):.3f} | {(a - b).abs().max().item():.3f} | {rel:.4f} |")
+        diff = (a - b).abs().max().item()
+        print(f"| {kind} | {scale} | {err:.3f} | {tv:.3f} | {diff:.3f} | {rel:.4f} |")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
 def describe_weights(recipe: dict) -> str:
     """Where the backbone weights of ``recipe`` come from, in words (``--dry-run``); downloads nothing."""
     w, variant = recipe["weights"], recipe["model"]["variant"]
+    normalize_options(recipe)  # a bad position policy fails here, before any download
     if w["init"] == "random" and not w["source"]:
         return f"random initialization of {variant} (DetectionViT's own init, seed {recipe['train']['seed']})"
     if w["source"]:
