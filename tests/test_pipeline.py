@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from vitinit_cli.main import app
 
 from vitinit.bench import load_weights, resolve
+from vitinit.errors import ConfigError
 from vitinit.modeling.vit import DetectionViT, load_backbone_state
 from vitinit.targets.vitdet import read_vitdet
 
@@ -119,3 +120,14 @@ def test_random_init_has_one_source_the_models_own_init():
     assert abs(pos.std().item() - 0.02) < 0.002 and "random" in n.provenance.normalization["abs_pos"]
     zero = TARGETS["vitdet"].normalize(ckpt, NormalizeOptions(img_size=256, abs_pos="zero"))
     assert not zero.tensors["pos_embed"].load().any()
+
+
+def test_bad_position_options_are_one_line_errors(sources, tmp_path):
+    path, _ = sources["mae"]
+    out = tmp_path / "x.safetensors"
+    res = runner.invoke(app, ["convert", str(path), "--abs-pos", "randon", "-o", str(out)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and "--abs-pos must be one of" in lines[0], res.output
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="pos_abs"):  # the recipe schema may refuse it first
+        load_weights(resolve("mae-vitb", [*SMALL, f"weights.source={path}", "model.pos_abs=randon"]))
