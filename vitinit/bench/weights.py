@@ -40,21 +40,6 @@ def global_blocks(spec: Any, depth: int) -> tuple[int, ...]:
     return NormalizeOptions(global_block_indexes=_global_blocks_value(spec)).global_blocks_for(depth)
 
 
-def _rel_pos_style(m: dict) -> str:
-    return "none" if m["pos_rel"] == "none" else m["rel_pos"]
-
-
-def _backbone_options(m: dict, depth: int) -> dict[str, Any]:
-    return dict(
-        img_size=m["img_size"],
-        window_size=m["window_size"],
-        global_block_indexes=global_blocks(m["global_blocks"], depth),
-        drop_path_rate=m["drop_path"],
-        use_act_checkpoint=m["act_checkpoint"],
-        use_abs_pos=m["pos_abs"] != "none",
-    )
-
-
 def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
     """The backbone of a randomly initialized run: a named size, or ``model.backbone`` for a custom one."""
     m = recipe["model"]
@@ -77,8 +62,17 @@ def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
     if missing:
         raise ConfigError(f"model.variant=custom needs model.backbone.{sorted(missing)[0]}")
     size.setdefault("mlp_hidden_dim", 4 * size["embed_dim"])
-    opts = _backbone_options(m, size["depth"])
-    return ViTBackboneConfig(**{**size, **opts, "rel_pos": _rel_pos_style(m)})
+    o = normalize_options(recipe)
+    opts = dict(
+        img_size=o.img_size,
+        window_size=o.window_size,
+        global_block_indexes=o.global_blocks_for(size["depth"]),
+        rel_pos="shared" if o.rel_pos == "auto" else o.rel_pos,
+        use_abs_pos=o.abs_pos != "none",
+        drop_path_rate=m["drop_path"],
+        use_act_checkpoint=m["act_checkpoint"],
+    )
+    return ViTBackboneConfig(**{**size, **opts})
 
 
 def describe_weights(recipe: dict) -> str:
