@@ -1,6 +1,6 @@
 """Canonical checkpoint → upstream ViTDet's layout (``--to detectron2``), for ``train.init_checkpoint``.
 
-detectron2's ``ViT`` (``modeling/backbone/vit.py``) sits at ``backbone.net`` inside ``GeneralizedRCNN``.
+detectron2's ``ViT`` (``detectron2.modeling.backbone.vit``) is ``backbone.net`` in ``GeneralizedRCNN``.
 It keeps ``pos_embed`` at the PRE-TRAINING grid with one cls slot (``pretrain_use_cls_token=True``) and
 resizes it at every forward; it has no layer scale, a fused ``qkv`` with bias, and decomposed relative
 positions ``rel_pos_h``/``rel_pos_w`` (per block, zero-initialized) that no BEiT-style table maps onto.
