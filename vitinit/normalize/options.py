@@ -1,8 +1,9 @@
 """What a normalization may change, as one value (:class:`NormalizeOptions`), and its result.
 
-The defaults preserve the source's function: every tensor the source has is carried over (resized to the
-detection grid where the grid changes), and what it lacks is added as the identity (zero position
-embedding, zero relative bias). Everything else is an explicit choice:
+The defaults preserve the source's function: every tensor the source has is carried over, and what it
+lacks is added as the identity (zero position embedding, zero relative bias), so at the pre-training grid
+the backbone computes the source's patch tokens; at another grid the embedding and tables are resized
+(the one change a detection resolution needs). Everything else is an explicit choice:
 
 ================  ===============================================================================
 ``abs_pos``       ``auto``: the source's embedding; zeros where it has none (BEiT); a random draw for
@@ -17,8 +18,9 @@ embedding, zero relative bias). Everything else is an explicit choice:
 ================  ===============================================================================
 
 The recipe's position ablations (``model.pos_abs`` / ``model.pos_rel``) map onto ``abs_pos`` /
-``rel_pos`` + ``rel_pos_init`` (``vitinit.bench.weights``). Canonical → canonical steps that change the
-architecture, such as resampling the patch embedding to another patch size, are options here too.
+``rel_pos`` + ``rel_pos_init`` (``vitinit.bench.weights``). A canonical → canonical step that changes
+the architecture (resampling the patch embedding to another patch size) belongs here as an option too,
+applied by ``vitinit.convert.normalize_source`` before the target's layout.
 """
 
 from __future__ import annotations
