@@ -131,3 +131,26 @@ def test_bad_position_options_are_one_line_errors(sources, tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(ConfigError, match="pos_abs"):  # the recipe schema may refuse it first
         load_weights(resolve("mae-vitb", [*SMALL, f"weights.source={path}", "model.pos_abs=randon"]))
+
+
+def test_a_converted_file_gets_the_recipes_position_policy(sources, tmp_path):
+    """A `--to vitdet` file is already in the target layout: the bench applies pos_abs / pos_rel to it and
+    records what it changed (same draw as the normalization's)."""
+    path, _ = sources["beit_ft"]
+    written = _convert(tmp_path, path)  # lossless: zero abs pos, per-block tables
+    file = tmp_path / "out.safetensors"
+
+    def bench(*overrides: str, source=file):
+        return load_weights(resolve("beit-vitb", [*SMALL, f"weights.source={source}", *overrides]))
+
+    config, state, prov = bench("model.pos_abs=random", "weights.seed=3")
+    fresh = bench("model.rel_pos=per_block", "model.pos_abs=random", "weights.seed=3", source=path)[1]
+    assert torch.equal(state["pos_embed"], fresh["pos_embed"])
+    assert prov["position_policy"] == ["pos_embed: random"]
+    tables = [k for k in written.state_dict if "relative_position" in k]
+    config, state, prov = bench("model.pos_abs=none", "model.pos_rel=zero")
+    assert not config.use_abs_pos and "pos_embed" not in state
+    assert all(not state[k].any() for k in tables) and written.state_dict[tables[0]].any()
+    config, state, _ = bench("model.pos_rel=none")
+    assert config.rel_pos == "none" and not any("relative_position" in k for k in state)
+    load_backbone_state(DetectionViT(config), state)
