@@ -144,7 +144,12 @@ def convert(
                     source_hash.cancel()
         result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec, config=config)
         if pth_out is not None:
-            result.pth_path, result.pth_sha256 = pth_out, write_vitdet_pth(pth_out, out, overwrite=overwrite)
+            try:
+                result.pth_sha256 = write_vitdet_pth(pth_out, out, overwrite=overwrite)
+            except BaseException:  # both files or neither: a failed .pth copy takes the .safetensors along
+                out.unlink(missing_ok=True)
+                raise
+            result.pth_path = pth_out
     else:
         from vitinit.targets.detectron2 import to_detectron2, write_detectron2
 

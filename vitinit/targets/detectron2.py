@@ -19,7 +19,7 @@ import torch
 import vitinit
 from vitinit.canonical import Checkpoint, LazyTensor, Provenance, block_keys
 from vitinit.errors import SpecMismatchError
-from vitinit.io.save import atomic_path, check_output_path, sha256_file
+from vitinit.io.save import check_output_path, save_torch
 from vitinit.modeling.vit import quarter_block_indexes
 from vitinit.normalize.detection import as_float32, fold_lazy, fresh_pos_embed
 
@@ -122,6 +122,4 @@ def write_detectron2(
         "provenance": provenance.to_json(),
         "source_sha256": provenance.sha256 or "",
     }
-    with atomic_path(path) as tmp:
-        torch.save({"model": state, "vitinit": meta}, tmp)
-    return sha256_file(path)
+    return save_torch(path, {"model": state, "vitinit": meta}, overwrite=overwrite)
