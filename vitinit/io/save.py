@@ -249,18 +249,46 @@ class NonFiniteCheck:
 def save_torch(path: str | Path, obj: Any, *, overwrite: bool = False) -> str:
     """``torch.save(obj)`` to ``path`` atomically and without clobbering; return the file's sha256.
 
-    torch.save is handed an open file, not the path: its own writer reports a full disk as an opaque
-    ``RuntimeError`` ("unexpected pos ..."), while Python's file object raises the real ``OSError``, which
-    :func:`atomic_path` turns into a one-line error.
+    torch's zip writer reports any failed write (a full disk, a quota) as an opaque ``RuntimeError``
+    ("unexpected pos ..."). So it writes through :class:`_WriteRecorder`, which keeps the real ``OSError``;
+    that one is raised instead, and :func:`atomic_path` turns it into a one-line error naming the file.
     """
     path = check_output_path(check_container_suffix(path, "torch"), overwrite=overwrite)
     finite = NonFiniteCheck(path)
     for name, tensor in _tensors_in(obj):
         finite.check(name, tensor)
     with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
     finite.report()
     return sha256_file(path)
+
+
+class _WriteRecorder:
+    """A file for torch.save that writes every byte it is given (looping over short writes) and keeps
+    the first ``OSError``, which torch's writer would otherwise replace by its own message."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += self.f.write(view[done:])
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _tensors_in(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
