@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from vitinit_cli.main import app
 
 import vitinit.io.atomic as atomic
-import vitinit.io.torch_zip as torch_zip
+import vitinit.io.zip_checks as zip_checks
 from vitinit.data.coco import CocoDetection
 from vitinit.data.synthetic import SyntheticSpec, synthetic_coco
 from vitinit.errors import CheckpointFormatError, DatasetError, OutputExistsError
@@ -240,7 +240,7 @@ def test_data_pkl_that_inflates_past_the_cap_is_refused(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(3), "pad": b"\0" * (1 << 20)}, src)  # 1 MiB of zeros inside data.pkl
     _rezip(src, bad, deflate=lambda name: name.endswith("data.pkl"))
     assert bad.stat().st_size < 20_000
-    monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 64 << 10)  # the real cap is 64 MiB; same code path
+    monkeypatch.setattr(zip_checks, "MAX_PICKLE_BYTES", 64 << 10)  # the real cap is 64 MiB; same code path
     with pytest.raises(CheckpointFormatError, match="zip bomb"):
         open_checkpoint(bad)
 

@@ -9,8 +9,7 @@ when :meth:`LazyTensor.load` is called, so a conversion can stream a multi-GB fi
 * zip pickles: streamed by :mod:`vitinit.io.torch_zip`, whose unpickler hands ``data.pkl`` only a short
   allow-list of globals; each tensor ``os.preadv``s exactly its own bytes from the (stored, uncompressed)
   zip entry. Why not ``torch.load(mmap=True)``: the mapped pages count towards RSS as they are read and stay
-  there until the whole checkpoint is dropped, so peak memory still reaches the file size
-  (shared/reference/performance.md).
+  there until the whole checkpoint is dropped, so peak memory still reaches the file size.
 * Anything outside that allow-list (big-endian data, conj/neg bits) is handed to
   ``torch.load(weights_only=True)``, torch's own restricted unpickler: it either loads the file (eagerly, with
   mmap) or refuses it. So a pickle that asks for ``os.system`` is refused by both and never executed.
@@ -38,14 +37,8 @@ import torch
 from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line
 from vitinit.io.files import read_json
 from vitinit.io.lazy import LazyTensor
-from vitinit.io.torch_zip import (
-    MAX_PICKLE_BYTES,
-    STREAMING_GLOBALS,
-    NotStreamable,
-    check_archive,
-    open_torch_zip_streaming,
-    read_record,
-)
+from vitinit.io.torch_zip import STREAMING_GLOBALS, NotStreamable, open_torch_zip_streaming
+from vitinit.io.zip_checks import check_archive, read_record
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +238,7 @@ def _first_unknown_global(path: Path) -> str | None:
             with zipfile.ZipFile(path) as archive:
                 check_archive(path, archive)
                 name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-                streams = [read_record(path, archive, name, MAX_PICKLE_BYTES)]
+                streams = [read_record(path, archive, name)]
         else:
             streams = [path.read_bytes()[: 64 << 20]]  # legacy files: pickles come first, then raw storages
     except Exception:

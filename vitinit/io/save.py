@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import struct
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from vitinit.errors import ConfigError
 from vitinit.io.atomic import atomic_path, check_output_path
+from vitinit.io.finite import NonFiniteCheck
 from vitinit.io.lazy import LazyTensor
 from vitinit.io.load import SAFETENSORS_DTYPES
 from vitinit.io.progress import byte_progress
@@ -31,8 +31,6 @@ __all__ = [
     "atomic_path", "check_output_path", "check_container_suffix", "save_torch", "sha256_file",
     "write_safetensors",
 ]
-
-log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt", ".pkl")
 
@@ -219,31 +217,6 @@ def _loaded_bytes(name: str, declared: LazyTensor, finite: NonFiniteCheck) -> me
         raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
     finite.check(name, tensor)
     return _tensor_bytes(tensor) if declared.nbytes else memoryview(b"")
-
-
-class NonFiniteCheck:
-    """Counts NaN/inf values per tensor as the tensors stream through a writer; one warning at the end.
-
-    A warning, not a refusal: the values are the source's (a converter must not invent others), some are
-    harmless (a never-used table row), and the trainer already stops at a non-finite loss; but a user must
-    hear about them before spending GPU hours, not discover them in a NaN loss.
-    """
-
-    def __init__(self, path: Path):
-        self.path, self.found = path, {}
-
-    def check(self, name: str, tensor: torch.Tensor) -> None:
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            self.found[name] = int((~torch.isfinite(tensor)).sum())
-
-    def report(self) -> None:
-        if self.found:
-            listed = ", ".join(f"{k} ({n})" for k, n in list(self.found.items())[:5])
-            more = f" and {len(self.found) - 5} more" if len(self.found) > 5 else ""
-            log.warning(
-                "%s: %d tensor(s) hold NaN/inf values, copied as they are: %s%s",
-                self.path, len(self.found), listed, more,
-            )
 
 
 def save_torch(path: str | Path, obj: Any, *, overwrite: bool = False) -> str:

@@ -4,8 +4,7 @@ A ``torch.save`` file is a zip archive: ``<name>/data.pkl`` is a pickle of the c
 ...) whose tensors point by key at raw storage records ``<name>/data/<key>``, which torch writes *stored*
 (uncompressed). So every tensor can be read with ``os.preadv`` straight from its byte
 range in the file, into a fresh buffer, when its :class:`LazyTensor` is loaded -- one tensor at a time, and
-nothing stays mapped (``torch.load(mmap=True)`` ends with the whole file in RSS; see
-shared/reference/performance.md).
+nothing stays mapped (``torch.load(mmap=True)`` ends with the whole file in RSS).
 
 ``data.pkl`` is read by :class:`_StreamingUnpickler`, whose ``find_class`` only hands out a short allow-list
 (harmless constructors, storage type markers, and torch's tensor rebuild functions replaced by descriptor
@@ -13,12 +12,9 @@ builders), so the pickle can name nothing that runs code. Anything outside what 
 global, a foreign byte order, conj/neg bits) raises :class:`NotStreamable`, and
 :func:`vitinit.io.load.open_checkpoint` hands the file to ``torch.load(weights_only=True)`` instead.
 
-Hostile archives are refused before anything is allocated: duplicate entry names (zip readers disagree on
-which one counts, so this reader and ``torch.load`` could see different weights), compressed tensor records
-(``torch.save`` never compresses them; inflating one could turn a few MB of file into GBs of memory, which is
-also why such a file is not handed to ``torch.load``), a ``data.pkl`` that inflates past
-:data:`MAX_PICKLE_BYTES`, and tensors whose shape needs more bytes than their storage record holds (a
-stride-0 view "expanded" to terabytes).
+Hostile archives are refused before anything is allocated (:mod:`vitinit.io.zip_checks`: duplicate entry
+names, compressed tensor records, a ``data.pkl`` bomb), and so is a tensor whose shape needs more bytes than
+its storage record holds (a stride-0 view "expanded" to terabytes in a 1 KB file).
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ import torch
 
 from vitinit.errors import CheckpointFormatError, first_line
 from vitinit.io.lazy import LazyTensor
+from vitinit.io.zip_checks import check_archive, read_record
 
 
 class NotStreamable(Exception):
@@ -59,8 +56,6 @@ class _StorageType:
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
 
-
-MAX_PICKLE_BYTES = 64 << 20  # data.pkl holds structure only (tensors are records); real ones are KBs
 
 _STORAGE_TYPES = {
     "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
@@ -258,7 +253,7 @@ def open_torch_zip_streaming(path: Path) -> Mapping:
             for info in archive.infolist()
             if info.filename.startswith(prefix + "data/")
         }
-        data = read_record(path, archive, pickles[0], MAX_PICKLE_BYTES)
+        data = read_record(path, archive, pickles[0])
     # The handle stays open as long as any LazyTensor refers to it (the GC closes it).
     handle = open(path, "rb")
     file = _ZipTensorFile(path, handle, entries)
@@ -270,38 +265,6 @@ def open_torch_zip_streaming(path: Path) -> Mapping:
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
-
-
-def check_archive(path: Path, archive: zipfile.ZipFile) -> None:
-    """Refuse duplicate entry names and compressed tensor records before anything is read or inflated."""
-    names = archive.namelist()
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise CheckpointFormatError(
-            f"{path}: the zip holds two entries named {dup!r}; refused, since zip readers disagree on which "
-            "one counts (this reader and torch.load could see different weights)"
-        )
-    for info in archive.infolist():
-        if "/data/" in info.filename and info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointFormatError(
-                f"{path}: tensor record {info.filename!r} is compressed, which torch.save never does; "
-                "refused rather than inflated into memory (re-save the weights with torch.save)"
-            )
-
-
-def read_record(path: Path, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    """Entry ``name`` of ``archive``, inflating at most ``limit`` bytes (a zip bomb stops there)."""
-    try:
-        with archive.open(name) as f:
-            data = f.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as e:
-        raise CheckpointFormatError(f"{path}: corrupt record {name!r} ({first_line(e)})") from None
-    if len(data) > limit:
-        raise CheckpointFormatError(
-            f"{path}: record {name!r} inflates past {limit} bytes; refused (a checkpoint's "
-            f"{name.rsplit('/')[-1]} is a few KB: this looks like a zip bomb)"
-        )
-    return data
 
 
 STREAMING_GLOBALS = frozenset(
