@@ -58,7 +58,7 @@ def user_errors(fn: F) -> F:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:
-            if kwargs.get("verbose"):
+            if kwargs.get("verbose", True):  # -v given, or a command without -v: the traceback
                 raise
             _fail(
                 f"internal error ({type(e).__name__}: {first_line(e)}); this is a bug in vitinit, "
