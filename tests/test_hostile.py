@@ -286,13 +286,16 @@ def _convert_until_mid_write(mae: Path, out: Path) -> subprocess.Popen:
     return proc
 
 
-def test_sigterm_mid_write_cleans_up_and_exits_143(mae, tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_sigterm_and_sigint_mid_write_clean_up(mae, tmp_path, sig, code, word):
     out = tmp_path / "out.safetensors"
     proc = _convert_until_mid_write(mae, out)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     output = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode == 143, output
-    assert "terminated" in output and "Traceback" not in output
+    assert proc.returncode == code, output
+    assert word in output and "Traceback" not in output
     assert not out.exists() and leftovers(tmp_path) == []
 
 
