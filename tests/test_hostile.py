@@ -3,10 +3,13 @@ the source untouched) or a correct result. Every bad input is built here, small.
 
 from __future__ import annotations
 
+import collections
 import errno
+import io
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -252,6 +255,33 @@ def test_stride_0_view_claiming_terabytes_is_refused_before_allocating(tmp_path)
     with pytest.raises(CheckpointFormatError, match="claims more data than its storage record"):
         open_checkpoint(bad)
     one_line_error(run("inspect", str(bad)), "claims more data")
+
+
+def test_storage_claiming_more_bytes_than_the_file_holds_is_refused(tmp_path):
+    """A 16 KB record whose pickle declares a 4 TiB storage: checked against the bytes present, at open."""
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            args = (Storage(), 0, (1 << 20, 1 << 20), (1 << 20, 1), False, collections.OrderedDict())
+            return torch._utils._rebuild_tensor_v2, args
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", 1 << 40) if isinstance(obj, Storage) else None
+
+    data = io.BytesIO()
+    Pickler(data, protocol=2).dump({"w": Tensor()})
+    bad = tmp_path / "claims.pth"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("claims/data.pkl", data.getvalue())
+        z.writestr("claims/byteorder", sys.byteorder)
+        z.writestr("claims/data/0", bytes(16 << 10))
+        z.writestr("claims/version", "3\n")
+    with pytest.raises(CheckpointFormatError, match="too short"):
+        open_checkpoint(bad)
 
 
 # ---------------------------------------------------------------------------------------------------------
