@@ -51,6 +51,10 @@ def convert_cmd(
     """Convert BEiT / MAE / MoCo v3 / supervised / random ViT weights into a detection backbone."""
     setup_logging(verbose)
     from vitinit.convert import convert
+    from vitinit.io.save import check_container_suffix
+
+    if output is not None and target in ("vitdet", "detectron2"):  # before reading a multi-GB source
+        check_container_suffix(output, "safetensors" if target == "vitdet" else "torch")
 
     result = convert(
         source,

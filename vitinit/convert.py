@@ -181,7 +181,12 @@ def convert(
         out, sha, normalized.provenance.to_dict(), prov.family, target, spec, config=normalized.config
     )
     if pth_out is not None:
-        result.pth_path, result.pth_sha256 = pth_out, write_vitdet_pth(pth_out, out, overwrite=overwrite)
+        try:
+            result.pth_sha256 = write_vitdet_pth(pth_out, out, overwrite=overwrite)
+        except BaseException:  # both files or neither: a failed .pth copy takes the .safetensors along
+            out.unlink(missing_ok=True)
+            raise
+        result.pth_path = pth_out
     result.actions = summarize(result.provenance)
     return result
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 import vitinit
-from vitinit.io.save import atomic_path, check_output_path, sha256_file
+from vitinit.io.save import check_output_path, save_torch
 from vitinit.normalize.detectron2 import PREFIX, normalize
 from vitinit.normalize.options import Normalized
 
@@ -35,6 +33,4 @@ def write(path: str | Path, normalized: Normalized, *, overwrite: bool = False, 
         "provenance": provenance.to_json(),
         "source_sha256": provenance.sha256 or "",
     }
-    with atomic_path(path) as tmp:
-        torch.save({"model": state, "vitinit": meta}, tmp)
-    return sha256_file(path)
+    return save_torch(path, {"model": state, "vitinit": meta}, overwrite=overwrite)

@@ -21,7 +21,7 @@ import vitinit
 from vitinit.canonical import LazyTensor, Provenance
 from vitinit.errors import CheckpointFormatError
 from vitinit.io.load import open_checkpoint
-from vitinit.io.save import atomic_path, check_output_path, sha256_file, write_safetensors
+from vitinit.io.save import save_torch, write_safetensors
 from vitinit.modeling.vit import ViTBackboneConfig
 from vitinit.normalize.detection import normalize
 from vitinit.normalize.options import Normalized
@@ -103,11 +103,8 @@ def write(
 
 def write_vitdet_pth(path: str | Path, weights_path: str | Path, *, overwrite: bool = False) -> str:
     """A ``.pth`` copy of a written ``.safetensors`` backbone (same tensors, metadata); returns its sha256."""
-    path = check_output_path(path, overwrite=overwrite)
     w = read_vitdet(weights_path)
-    with atomic_path(path) as tmp:
-        torch.save({"model": w.state_dict, "metadata": w.metadata}, tmp)
-    return sha256_file(path)
+    return save_torch(path, {"model": w.state_dict, "metadata": w.metadata}, overwrite=overwrite)
 
 
 def read_vitdet(path: str | Path) -> VitdetWeights:
