@@ -31,7 +31,13 @@ def convert_cmd(
     output: Path = typer.Option(None, "-o", "--output", help="Output file (default: a descriptive name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     layer_scale: str = typer.Option("keep", "--layer-scale", help="keep (the paper) | fold into the linears"),
-    rel_pos: str = typer.Option("shared", "--rel-pos", help="shared (two tables, the paper) | per-block"),
+    rel_pos: str = typer.Option(
+        "auto", "--rel-pos", help="auto (as the source) | shared (the paper's two tables; averages a "
+        "fine-tuned BEiT's per-block tables, lossy) | per-block | none",
+    ),
+    abs_pos: str = typer.Option(
+        "auto", "--abs-pos", help="auto (the source's; zeros where it has none) | zero | random | none",
+    ),
     rel_pos_resize: str = typer.Option("geometric", "--rel-pos-resize", help="geometric (BEiT's) | bicubic"),
     window_size: int = typer.Option(14, "--window-size", help="Window of the windowed blocks, in tokens."),
     num_heads: int = typer.Option(None, "--num-heads", help="Head count (custom sizes only)."),
@@ -45,6 +51,10 @@ def convert_cmd(
     """Convert BEiT / MAE / MoCo v3 / supervised / random ViT weights into a detection backbone."""
     setup_logging(verbose)
     from vitinit.convert import convert
+    from vitinit.io.save import check_container_suffix
+
+    if output is not None and target in ("vitdet", "detectron2"):  # before reading a multi-GB source
+        check_container_suffix(output, "safetensors" if target == "vitdet" else "torch")
 
     result = convert(
         source,
@@ -57,6 +67,7 @@ def convert_cmd(
         layer_scale=layer_scale,
         rel_pos=rel_pos.replace("-", "_"),
         rel_pos_resize=rel_pos_resize,
+        abs_pos=abs_pos,
         window_size=window_size,
         num_heads=num_heads,
         pth=pth,

@@ -196,15 +196,19 @@ def check_recipe(tree: dict) -> None:
     resolved recipe as plain data — fits the schema. ``schedule.iters`` may still be null here."""
     _check_mapping("", tree, Recipe)
     recipe = _build(Recipe, tree)
-    if recipe.model.backbone and recipe.weights.init != "random":
-        raise ConfigError(
-            f"model.backbone sizes a random-init ViT; {recipe.weights.init} weights bring their own size "
-            "(drop model.backbone or use weights.init=random)"
-        )
-    if recipe.model.variant == "custom" and recipe.weights.init == "random":
-        missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in recipe.model.backbone]
-        if missing:
+    m, w = recipe.model, recipe.weights
+    if w.init == "random" and not w.source:  # a fresh ViT: model.backbone is its size
+        missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in m.backbone]
+        if m.variant == "custom" and missing:
             raise ConfigError(f"model.variant=custom needs model.backbone.{missing[0]}")
+    else:  # weights bring their size; a state dict only lacks the head count of a custom-size ViT
+        allowed = {"num_heads"} if m.variant == "custom" else set()
+        ignored = sorted(set(m.backbone) - allowed)
+        if ignored:
+            raise ConfigError(
+                f"model.backbone.{ignored[0]} would be ignored: {w.init} weights bring their own size"
+                + (" (only num_heads, with model.variant=custom)" if m.variant == "custom" else "")
+            )
     # The dataclasses' own checks (five anchor sizes, a known norm ...), on a stand-in backbone.
     try:
         recipe.detector_config(ViTBackboneConfig(), num_classes=1)

@@ -28,7 +28,7 @@ from vitinit.formats import FAMILIES
 from vitinit.modeling.mask_rcnn import NORMS, MaskRCNNConfig
 from vitinit.modeling.pyramid import PYRAMIDS
 from vitinit.modeling.vit import REL_POS_STYLES, ViTBackboneConfig
-from vitinit.normalize.detection import LAYER_SCALE_MODES
+from vitinit.normalize.options import LAYER_SCALE_MODES
 from vitinit.variants import VIT_VARIANTS
 
 INITS = tuple(f for f in FAMILIES if f != "auto")

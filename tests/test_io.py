@@ -366,3 +366,14 @@ def test_a_pickle_nested_too_deeply_is_a_one_line_error(tmp_path):
             z.writestr(name, deep if name.endswith("data.pkl") else data)
     with pytest.raises(CheckpointFormatError, match="nested too deeply"):
         open_checkpoint(path)
+
+
+def test_rewriting_an_existing_file_still_replaces_it(tmp_path):
+    """atomic_path's default refuses only a file that appeared during the write, not one that was there."""
+    from vitinit.io.files import write_json
+
+    path = tmp_path / "results.json"
+    write_json(path, {"iter": 1})
+    write_json(path, {"iter": 2})
+    assert json.loads(path.read_text()) == {"iter": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

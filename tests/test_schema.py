@@ -46,7 +46,8 @@ BAD = [
     ("mae-vitb", "model.detector.box_head_fc=abc", ["model.detector.box_head_fc", "an integer"]),
     ("mae-vitb", "model.detector.anchor_sizes=[1,2]", ["model.detector", "anchor_sizes", "(5)"]),
     ("demo", "data.synthetic.noise=loud", ["data.synthetic.noise", "a number"]),
-    ("mae-vitb", "model.backbone.depth=4", ["model.backbone", "mae weights bring their own"]),
+    ("mae-vitb", "model.backbone.depth=4", ["model.backbone.depth would be ignored", "mae weights"]),
+    ("mae-vitb", "model.backbone.num_heads=4", ["model.backbone.num_heads would be ignored"]),
 ]
 
 

@@ -28,55 +28,15 @@ Tensors are :class:`LazyTensor` so that conversion can stream a multi-GB checkpo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import torch
-
-CANONICAL_FORMAT_VERSION = "1"
+# LazyTensor lives in vitinit.io (readers produce it); it is re-exported here, part of the canonical form.
+from vitinit.io.lazy import LazyTensor
 
 RelPosStyle = Literal["none", "shared", "per_block"]
 BEIT_EXTRA_REL_POS_ROWS = 3  # cls→patch, patch→cls, cls→cls (BEiT's modeling_finetune.py)
-
-
-@dataclass(frozen=True)
-class LazyTensor:
-    """A tensor known by shape and dtype, materialized only when :meth:`load` is called."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    loader: Callable[[], torch.Tensor] = field(repr=False, compare=False)
-
-    @classmethod
-    def of(cls, tensor: torch.Tensor) -> LazyTensor:
-        return cls(tuple(tensor.shape), tensor.dtype, lambda: tensor)
-
-    def load(self) -> torch.Tensor:
-        t = self.loader()
-        if tuple(t.shape) != self.shape:  # a loader that disagrees with its declared shape is a bug
-            raise RuntimeError(f"lazy tensor loaded shape {tuple(t.shape)}, declared {self.shape}")
-        return t
-
-    def map(
-        self,
-        fn: Callable[[torch.Tensor], torch.Tensor],
-        shape: tuple[int, ...] | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LazyTensor:
-        """A lazy tensor computed from this one; declare ``shape``/``dtype`` when ``fn`` changes them."""
-        return LazyTensor(shape or self.shape, dtype or self.dtype, lambda: fn(self.load()))
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
 
 
 TensorMap = dict[str, LazyTensor]
@@ -106,12 +66,6 @@ class ViTSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> ViTSpec:
-        d = dict(d)
-        d["pretrain_grid"] = tuple(d["pretrain_grid"])
-        return cls(**d)
 
 
 @dataclass
@@ -144,17 +98,6 @@ class Checkpoint:
     spec: ViTSpec
     tensors: TensorMap
     provenance: Provenance
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
-
-    def with_tensors(self, tensors: TensorMap, **spec_changes) -> Checkpoint:
-        """A new checkpoint (the input is never mutated) with other tensors and spec fields."""
-        return Checkpoint(replace(self.spec, **spec_changes), tensors, self.provenance)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
 
 
 def block_keys(i: int, *, layer_scale: bool) -> list[str]:

@@ -1,8 +1,10 @@
-"""The one conversion call: checkpoint → detection backbone file (used by the CLI, trainer, benchmarks).
+"""The one conversion pipeline: source → reader → canonical → normalize(target options) → target.
 
-read (``vitinit.formats``) → normalize (``vitinit.normalize``) → write (``vitinit.targets``). Options are
-checked and the output path is claimed before any heavy work, and outputs are written atomically, so a
-failure leaves neither a partial output nor a changed source.
+``normalize_source`` is the pipeline up to the target's tensors (lazy, in memory): the bench calls it and
+loads the tensors; ``convert`` calls it and writes them with the target's writer. Reader: ``vitinit.formats``;
+options: :class:`~vitinit.normalize.options.NormalizeOptions`; targets: ``vitinit.targets.TARGETS``.
+Options are checked and the output path is claimed before any heavy work, and outputs are written
+atomically, so a failure leaves neither a partial output nor a changed source.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from vitinit.formats import FAMILIES, read_checkpoint, source_sha256
 from vitinit.io.load import WEIGHT_FILE_NAMES
 from vitinit.io.save import check_output_path
 from vitinit.modeling.vit import ViTBackboneConfig
-from vitinit.normalize.detection import (
+from vitinit.normalize.options import (
+    ABS_POS_MODES,
     LAYER_SCALE_MODES,
     REL_POS_MODES,
     REL_POS_RESIZE,
-    detection_config,
-    to_vitdet,
+    Normalized,
+    NormalizeOptions,
 )
 from vitinit.targets import TARGETS
+from vitinit.targets.vitdet import write_vitdet_pth
 
 
 @dataclass
@@ -44,18 +48,18 @@ class ConvertResult:
 def default_output_name(family: str, spec: ViTSpec, target: str, size: int) -> str:
     """E.g. ``beit-vitb-vitdet-1024.safetensors``; custom sizes read ``custom-w32d2``."""
     model = spec.variant.replace("-", "") if spec.variant else f"custom-w{spec.embed_dim}d{spec.depth}"
-    ext = ".safetensors" if target == "vitdet" else ".pth"
-    return f"{family}-{model}-{target}-{size}{ext}"
+    return f"{family}-{model}-{target}-{size}{TARGETS[target].suffix}"
 
 
-def _check_options(family: str, target: str, layer_scale: str, rel_pos: str, rel_pos_resize: str) -> None:
-    for value, allowed, name in (
-        (family, FAMILIES, "--from"),
-        (target, TARGETS, "--to"),
-        (layer_scale, LAYER_SCALE_MODES, "--layer-scale"),
-        (rel_pos, REL_POS_MODES, "--rel-pos"),
-        (rel_pos_resize, REL_POS_RESIZE, "--rel-pos-resize"),
-    ):
+def _check_options(family: str, target: str, **modes: str) -> None:
+    """CLI-named one-line errors (``--rel-pos must be one of ...``) before any file is opened."""
+    allowed_modes = {
+        "layer_scale": LAYER_SCALE_MODES, "rel_pos": REL_POS_MODES, "rel_pos_resize": REL_POS_RESIZE,
+        "abs_pos": ABS_POS_MODES,
+    }
+    checks = [(family, FAMILIES, "--from"), (target, tuple(TARGETS), "--to")]
+    checks += [(v, allowed_modes[k], "--" + k.replace("_", "-")) for k, v in modes.items()]
+    for value, allowed, name in checks:
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
@@ -68,15 +72,45 @@ def load_source(
     num_heads: int | None = None,
     seed: int = 0,
     hash_source: bool = True,
+    progress: bool = False,
 ) -> Checkpoint:
     """Resolve ``source`` (local path, ``hf://``/``https://`` or None = the official release) and read it."""
     if family != "random" and (source is None or "://" in str(source)):
         from vitinit.io.remote import resolve_source  # lazy: network machinery only when needed
 
-        source = resolve_source(source, family=family, model=model or "vit-b")
+        source = resolve_source(source, family=family, model=model or "vit-b", progress=progress)
     return read_checkpoint(
         source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=hash_source
     )
+
+
+def normalize_source(
+    source: str | Path | None,
+    *,
+    family: str = "auto",
+    target: str = "vitdet",
+    options: NormalizeOptions | None = None,
+    model: str | None = None,
+    num_heads: int | None = None,
+    hash_source: bool = True,
+    progress: bool = False,
+) -> Normalized:
+    """The pipeline without the file: ``target``'s tensors (lazy) for ``source`` under ``options``.
+
+    The random init is drawn with ``options.seed``. Example:
+        >>> n = normalize_source("mae_pretrain_vit_base.pth", options=NormalizeOptions())  # doctest: +SKIP
+        >>> state = n.state_dict()  # doctest: +SKIP
+    """
+    options = options or NormalizeOptions()
+    if target not in TARGETS:
+        raise ConfigError(f"--to must be one of {', '.join(TARGETS)}, got {target!r}")
+    ckpt = load_source(
+        source, family=family, model=model, num_heads=num_heads, seed=options.seed, hash_source=hash_source,
+        progress=progress,
+    )
+    # Canonical → canonical steps that change the architecture (patch-embedding resampling) go here,
+    # before the target's layout, so that every target gets them.
+    return TARGETS[target].normalize(ckpt, options)
 
 
 def convert(
@@ -89,8 +123,9 @@ def convert(
     output: str | Path | None = None,
     overwrite: bool = False,
     layer_scale: str = "keep",
-    rel_pos: str = "shared",
+    rel_pos: str = "auto",
     rel_pos_resize: str = "geometric",
+    abs_pos: str = "auto",
     window_size: int = 14,
     num_heads: int | None = None,
     pth: bool = False,
@@ -100,68 +135,67 @@ def convert(
 ) -> ConvertResult:
     """Convert one checkpoint; returns where it went, its sha256 and the provenance stored with it.
 
-    Example:
+    The defaults preserve the source's function (:mod:`vitinit.normalize.options`). Example:
         >>> r = convert("mae_pretrain_vit_base.pth", target="vitdet", size=1024)  # doctest: +SKIP
         >>> r.path, r.sha256  # doctest: +SKIP
     """
-    _check_options(family, target, layer_scale, rel_pos, rel_pos_resize)
+    _check_options(
+        family, target, layer_scale=layer_scale, rel_pos=rel_pos, rel_pos_resize=rel_pos_resize,
+        abs_pos=abs_pos,
+    )
+    options = NormalizeOptions(
+        img_size=size, window_size=window_size, abs_pos=abs_pos, rel_pos=rel_pos,
+        rel_pos_resize=rel_pos_resize, layer_scale=layer_scale, drop_rel_pos=drop_rel_pos, seed=seed,
+    )
     if output is not None:  # claim the path before reading a multi-GB source
         check_output_path(output, overwrite=overwrite)
-    # The source is hashed by a second thread while the vitdet target streams its output (the hash only
-    # lands in the header, rewritten at the end); the detectron2 target needs it before writing.
-    hash_later = target == "vitdet" and family != "random"
-    ckpt = load_source(
-        source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=not hash_later
+    writer = TARGETS[target]
+    # A streaming target's source is hashed by a second thread while the output is written (the hash only
+    # lands in the header, rewritten at the end); the others need it before writing.
+    hash_later = writer.streams and family != "random"
+    normalized = normalize_source(
+        source, family=family, target=target, options=options, model=model, num_heads=num_heads,
+        hash_source=not hash_later,
     )
-    fam = ckpt.provenance.family
-    out = Path(output) if output is not None else Path(default_output_name(fam, ckpt.spec, target, size))
+    prov, spec = normalized.provenance, normalized.spec
+    out = Path(output) if output is not None else Path(default_output_name(prov.family, spec, target, size))
     check_output_path(out, overwrite=overwrite)
     pth_out = out.with_suffix(".pth") if pth and target == "vitdet" else None
     if pth_out is not None:
         if pth_out == out:
             raise ConfigError(f"--pth needs an output name not ending in .pth, got {out}")
         check_output_path(pth_out, overwrite=overwrite)
-    _refuse_writing_over_source(ckpt, [out, pth_out])
+    _refuse_writing_over_source(prov.source, [out, pth_out])
 
-    if target == "vitdet":
-        from vitinit.targets.vitdet import write_vitdet, write_vitdet_pth
-
-        config = detection_config(
-            ckpt.spec, img_size=size, window_size=window_size, rel_pos=rel_pos, layer_scale=layer_scale
-        )
-        tensors, prov = to_vitdet(
-            ckpt, config, layer_scale=layer_scale, rel_pos_resize=rel_pos_resize, seed=seed
-        )
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
-            source_hash = pool.submit(source_sha256, ckpt.provenance.source) if hash_later else None
-            try:
-                sha = write_vitdet(
-                    out, config, tensors, prov, overwrite=overwrite, progress=progress,
-                    source_sha256=source_hash.result if source_hash else None,
-                )
-            finally:
-                if source_hash is not None:
-                    source_hash.cancel()
-        result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec, config=config)
-        if pth_out is not None:
-            result.pth_path, result.pth_sha256 = pth_out, write_vitdet_pth(pth_out, out, overwrite=overwrite)
-    else:
-        from vitinit.targets.detectron2 import to_detectron2, write_detectron2
-
-        tensors, prov = to_detectron2(
-            ckpt, img_size=size, window_size=window_size, drop_rel_pos=drop_rel_pos, seed=seed
-        )
-        sha = write_detectron2(out, tensors, prov, overwrite=overwrite)
-        result = ConvertResult(out, sha, prov.to_dict(), fam, target, ckpt.spec)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
+        source_hash = pool.submit(source_sha256, prov.source) if hash_later else None
+        try:
+            sha = writer.write(
+                out, normalized, overwrite=overwrite, progress=progress,
+                source_sha256=source_hash.result if source_hash else None,
+            )
+        finally:
+            if source_hash is not None:
+                source_hash.cancel()
+    result = ConvertResult(
+        out, sha, normalized.provenance.to_dict(), prov.family, target, spec, config=normalized.config
+    )
+    if pth_out is not None:
+        try:
+            result.pth_sha256 = write_vitdet_pth(pth_out, out, overwrite=overwrite)
+        except BaseException:  # both files or neither: a failed .pth copy takes the .safetensors along
+            out.unlink(missing_ok=True)
+            raise
+        result.pth_path = pth_out
     result.actions = summarize(result.provenance)
     return result
 
 
-def _refuse_writing_over_source(ckpt: Checkpoint, outputs: list[Path | None]) -> None:
+def _refuse_writing_over_source(source: str | None, outputs: list[Path | None]) -> None:
     """Sources are never changed, ``--overwrite`` or not (``x.pth --pth`` would otherwise replace x.pth)."""
-    if ckpt.provenance.source is None:
+    if source is None:
         return
-    src = Path(ckpt.provenance.source).resolve()
+    src = Path(source).resolve()
     protected = {src, *(src / name for name in WEIGHT_FILE_NAMES)} if src.is_dir() else {src}
     for out in outputs:
         if out is not None and out.resolve() in protected:

@@ -27,6 +27,10 @@ class OutputExistsError(VitinitError, FileExistsError):
     """The output path exists and ``--overwrite`` was not given."""
 
 
+class OutputWriteError(VitinitError, OSError):
+    """The filesystem refused to store an output (disk full, read-only, quota, permissions)."""
+
+
 class DownloadError(VitinitError, ConnectionError):
     """A remote checkpoint could not be fetched (offline, missing, or hash mismatch)."""
 
@@ -47,8 +51,15 @@ class MissingDependencyError(VitinitError, ImportError):
     """An optional extra is needed for this feature (the message names the ``pip install``)."""
 
 
-def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an exception's message, whitespace-folded: the cause part of a
-    one-line error built around a library's (often multi-line) exception."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``timeout``, SLURM, ``docker stop``): unwinds like Ctrl-C, so every temp file is
+    removed on the way out; the CLI then exits 143 (128 + SIGTERM)."""
+
+
+def first_line(e: BaseException | str, limit: int | None = 200) -> str:
+    """The first non-empty line of an exception's message, whitespace-folded, at most ``limit`` characters:
+    the one helper behind every one-line error (the CLI's ``error: ...`` and the cause part of an error
+    built around a library's often multi-line exception)."""
     lines = [" ".join(ln.split()) for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0][:limit] if lines else "") or type(e).__name__
+    text = lines[0] if lines else ""
+    return (text[:limit] if limit else text) or type(e).__name__

@@ -14,38 +14,30 @@ import torch
 
 from vitinit.engine import distributed as du
 from vitinit.errors import ConfigError
-from vitinit.modeling.vit import ViTBackboneConfig, quarter_block_indexes
+from vitinit.formats import FAMILIES
+from vitinit.modeling.vit import ViTBackboneConfig, init_pos_embed_
+from vitinit.normalize.lazy import random_pos_embed, zeros
+from vitinit.normalize.options import GLOBAL_BLOCKS, NormalizeOptions
 from vitinit.variants import VIT_VARIANTS
 
-INITS = ("random", "supervised", "mocov3", "beit", "mae")
+INITS = tuple(f for f in FAMILIES if f != "auto")
+POS_ABS = {"pretrained": "auto", "random": "random", "zero": "zero", "none": "none"}  # recipe → abs_pos
+POS_REL = ("auto", "pretrained", "zero", "none")
+
+
+def _global_blocks_value(spec: Any) -> str | tuple[int, ...]:
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        return tuple(int(i) for i in spec)
+    if spec not in GLOBAL_BLOCKS:
+        raise ConfigError(
+            f"model.global_blocks must be quarter, none, all or a list of indexes, got {spec!r}"
+        )
+    return spec
 
 
 def global_blocks(spec: Any, depth: int) -> tuple[int, ...]:
     """``quarter`` (the paper), ``none`` (all windowed), ``all`` (all global), or explicit indexes."""
-    if spec == "quarter":
-        return quarter_block_indexes(depth)
-    if spec == "none":
-        return ()
-    if spec == "all":
-        return tuple(range(depth))
-    if isinstance(spec, Sequence) and not isinstance(spec, str):
-        return tuple(int(i) for i in spec)
-    raise ConfigError(f"model.global_blocks must be quarter, none, all or a list of indexes, got {spec!r}")
-
-
-def _rel_pos_style(m: dict) -> str:
-    return "none" if m["pos_rel"] == "none" else m["rel_pos"]
-
-
-def _backbone_options(m: dict, depth: int) -> dict[str, Any]:
-    return dict(
-        img_size=m["img_size"],
-        window_size=m["window_size"],
-        global_block_indexes=global_blocks(m["global_blocks"], depth),
-        drop_path_rate=m["drop_path"],
-        use_act_checkpoint=m["act_checkpoint"],
-        use_abs_pos=m["pos_abs"] != "none",
-    )
+    return NormalizeOptions(global_block_indexes=_global_blocks_value(spec)).global_blocks_for(depth)
 
 
 def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
@@ -70,13 +62,23 @@ def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
     if missing:
         raise ConfigError(f"model.variant=custom needs model.backbone.{sorted(missing)[0]}")
     size.setdefault("mlp_hidden_dim", 4 * size["embed_dim"])
-    opts = _backbone_options(m, size["depth"])
-    return ViTBackboneConfig(**{**size, **opts, "rel_pos": _rel_pos_style(m)})
+    o = normalize_options(recipe)
+    opts = dict(
+        img_size=o.img_size,
+        window_size=o.window_size,
+        global_block_indexes=o.global_blocks_for(size["depth"]),
+        rel_pos="shared" if o.rel_pos == "auto" else o.rel_pos,
+        use_abs_pos=o.abs_pos != "none",
+        drop_path_rate=m["drop_path"],
+        use_act_checkpoint=m["act_checkpoint"],
+    )
+    return ViTBackboneConfig(**{**size, **opts})
 
 
 def describe_weights(recipe: dict) -> str:
     """Where the backbone weights of ``recipe`` come from, in words (``--dry-run``); downloads nothing."""
     w, variant = recipe["weights"], recipe["model"]["variant"]
+    normalize_options(recipe)  # a bad position policy fails here, before any download
     if w["init"] == "random" and not w["source"]:
         return f"random initialization of {variant} (DetectionViT's own init, seed {recipe['train']['seed']})"
     if w["source"]:
@@ -95,12 +97,46 @@ def describe_weights(recipe: dict) -> str:
     return f"official {w['init']} {variant} checkpoint {entry.url} (downloaded once into {cache_root(None)})"
 
 
+def normalize_options(recipe: dict) -> NormalizeOptions:
+    """The recipe's backbone and position policy as conversion options (the same as ``vitinit convert``'s).
+
+    ``model.pos_abs`` ``pretrained`` keeps the source's embedding (zeros where it has none, as BEiT);
+    ``random`` / ``zero`` / ``none`` are drawn, zeroed or left out by the normalization. ``model.pos_rel``
+    ``auto`` / ``pretrained`` carries the source's tables (zeros where it has none), ``zero`` zeroes them,
+    ``none`` builds a backbone without relative bias. ``model.rel_pos: shared`` asks for the paper's two
+    tables: a fine-tuned BEiT's per-block tables are then averaged (logged; in ``weights.json``).
+    """
+    m = recipe["model"]
+    for key, allowed in (("pos_abs", POS_ABS), ("pos_rel", POS_REL)):
+        if m[key] not in allowed:
+            raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, got {m[key]!r}")
+    return NormalizeOptions(
+        img_size=m["img_size"],
+        window_size=m["window_size"],
+        global_block_indexes=_global_blocks_value(m["global_blocks"]),
+        abs_pos=POS_ABS[m["pos_abs"]],
+        rel_pos="none" if m["pos_rel"] == "none" else m["rel_pos"],
+        rel_pos_init="zero" if m["pos_rel"] == "zero" else "source",
+        layer_scale=m["layer_scale"],
+        seed=recipe["weights"]["seed"],
+    )
+
+
+def is_fresh_init(recipe: dict) -> bool:
+    """True when the backbone is ``DetectionViT``'s own random init (no file is read)."""
+    return recipe["weights"]["init"] == "random" and not recipe["weights"]["source"]
+
+
 def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor] | None, dict]:
-    """(backbone config, backbone state dict or None for a fresh init, provenance dict)."""
+    """(backbone config, backbone state dict or None for a fresh init, provenance dict).
+
+    A source goes through the conversion pipeline (``vitinit.convert.normalize_source``) with
+    :func:`normalize_options`, its tensors kept in memory instead of written to a file.
+    """
     w, m = recipe["weights"], recipe["model"]
     if w["init"] not in INITS:
         raise ConfigError(f"weights.init must be one of {', '.join(INITS)}, got {w['init']!r}")
-    if w["init"] == "random" and not w["source"]:
+    if is_fresh_init(recipe):
         config = random_backbone_config(recipe)
         return (
             config,
@@ -110,54 +146,42 @@ def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tenso
                 "format": "init",
                 "source": None,
                 "sha256": None,
-                "notes": [
-                    "DetectionViT.reset_parameters (trunc-normal 0.02, zero rel-pos), "
-                    f"seed {recipe['train']['seed']}"
-                ],
+                "notes": [f"DetectionViT.reset_parameters, seed {recipe['train']['seed']}"],
             },
         )
+    from vitinit.convert import normalize_source
     from vitinit.io.remote import resolve_source
 
     variant = None if m["variant"] == "custom" else m["variant"]
     path = resolve_source(
         w["source"], family=w["init"], model=variant or "vit-b", progress=du.is_main_process()
     )
+    options = normalize_options(recipe)
     if path is not None and str(path).endswith(".safetensors") and _is_vitdet(path):
-        return _load_converted(path, recipe)
-    from vitinit.formats import read_checkpoint
-    from vitinit.normalize.detection import to_vitdet
-
-    ckpt = read_checkpoint(path, family=w["init"], model=variant, seed=w["seed"])
-    config = pretrained_backbone_config(recipe, ckpt.spec)
-    # Convert with every positional tensor, then drop what the ablation removes (pos_abs / pos_rel = none).
-    full = config.replace(rel_pos="shared" if config.rel_pos == "none" else config.rel_pos, use_abs_pos=True)
-    tensors, provenance = to_vitdet(ckpt, full, layer_scale=m["layer_scale"], seed=w["seed"])
-    state = {k: t.load() for k, t in tensors.items()}
-    if not config.use_abs_pos:
-        state.pop("pos_embed")
-    if config.rel_pos == "none":
-        state = {k: v for k, v in state.items() if "relative_position_bias_table" not in k}
-    return config, state, provenance.to_dict()
+        return _load_converted(path, recipe, options)
+    heads = None if variant else (m.get("backbone") or {}).get("num_heads")  # custom sizes only
+    normalized = normalize_source(
+        path, family=w["init"], target="vitdet", options=options, model=variant, num_heads=heads
+    )
+    config = normalized.config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
+    return config, normalized.state_dict(), normalized.provenance.to_dict()
 
 
 def pretrained_backbone_config(recipe: dict, spec: Any) -> ViTBackboneConfig:
     """The detection backbone for a source architecture (a ``ViTSpec``) under the recipe's options."""
     from vitinit.normalize.detection import detection_config
 
-    m = recipe["model"]
-    opts = _backbone_options(m, spec.depth)
-    use_abs_pos = opts.pop("use_abs_pos")
-    rel = _rel_pos_style(m)
+    m, o = recipe["model"], normalize_options(recipe)
     config = detection_config(
         spec,
-        img_size=opts.pop("img_size"),
-        window_size=opts.pop("window_size"),
-        global_block_indexes=opts.pop("global_block_indexes"),
-        rel_pos="shared" if rel == "none" else rel,
-        layer_scale=m["layer_scale"],
-        **opts,
+        img_size=o.img_size,
+        window_size=o.window_size,
+        global_block_indexes=o.global_blocks_for(spec.depth),
+        rel_pos=o.rel_pos,
+        layer_scale=o.layer_scale,
+        abs_pos=o.abs_pos,
     )
-    return config.replace(rel_pos=rel, use_abs_pos=use_abs_pos)
+    return config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
 
 
 def _is_vitdet(path: Path) -> bool:
@@ -167,32 +191,55 @@ def _is_vitdet(path: Path) -> bool:
     return is_vitdet(open_checkpoint(path).metadata)
 
 
-def _load_converted(path: Path, recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor], dict]:
-    """A ``vitinit convert --to vitdet`` file: its config wins, the recipe's training knobs apply."""
+def _load_converted(
+    path: Path, recipe: dict, options: NormalizeOptions
+) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor], dict]:
+    """A ``vitinit convert --to vitdet`` file: its config and tensors win; the recipe's training knobs and
+    position policy apply (the file is already in the target layout, so the policy edits its tensors)."""
     from vitinit.targets.vitdet import read_vitdet
 
     weights = read_vitdet(path)
-    m = recipe["model"]
+    m, state, done = recipe["model"], dict(weights.state_dict), []
     config = weights.config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
-    return config, weights.state_dict, weights.provenance
+    if options.abs_pos == "none" and config.use_abs_pos:
+        config, _ = config.replace(use_abs_pos=False), state.pop("pos_embed")
+        done.append("pos_embed: none")
+    elif options.abs_pos in ("zero", "random") and config.use_abs_pos:
+        shape = tuple(state["pos_embed"].shape)
+        fresh = zeros(shape) if options.abs_pos == "zero" else random_pos_embed(shape, options.seed)
+        state["pos_embed"] = fresh.load()
+        done.append(f"pos_embed: {options.abs_pos}")
+    tables = [k for k in state if k.endswith("relative_position_bias_table")]
+    if options.rel_pos == "none" and tables:
+        config = config.replace(rel_pos="none")
+        state = {k: v for k, v in state.items() if k not in tables}
+        done.append("relative position tables: none")
+    elif options.rel_pos_init == "zero" and tables:
+        state.update({k: torch.zeros_like(state[k]) for k in tables})
+        done.append("relative position tables: zero")
+    provenance = dict(weights.provenance)
+    if done:
+        provenance["position_policy"] = done
+    return config, state, provenance
 
 
 def apply_position_policy(vit: torch.nn.Module, recipe: dict) -> list[str]:
-    """Re-initialize positional parameters as ``model.pos_abs`` / ``model.pos_rel`` ask; say what changed."""
+    """A fresh init's position policy (``model.pos_abs`` / ``model.pos_rel``); say what changed.
+
+    Weights read from a file got theirs from :func:`load_weights` (the normalization options), so this is
+    a no-op for them.
+    """
+    if not is_fresh_init(recipe):
+        return []
     m, done = recipe["model"], []
     gen = torch.Generator().manual_seed(recipe["weights"]["seed"])
     with torch.no_grad():
         if vit.pos_embed is not None and m["pos_abs"] == "random":
-            vit.pos_embed.copy_(
-                torch.nn.init.trunc_normal_(torch.empty_like(vit.pos_embed), std=0.02, generator=gen)
-            )
+            vit.pos_embed.copy_(init_pos_embed_(torch.empty_like(vit.pos_embed), gen))
             done.append("pos_embed: random (trunc-normal 0.02)")
         elif vit.pos_embed is not None and m["pos_abs"] == "zero":
             vit.pos_embed.zero_()
             done.append("pos_embed: zero")
-        if m["pos_rel"] == "zero":
-            for name, p in vit.named_parameters():
-                if "relative_position_bias_table" in name:
-                    p.zero_()
+        if m["pos_rel"] == "zero":  # DetectionViT's own init is zeros already: recorded, not changed
             done.append("relative position tables: zero")
     return done

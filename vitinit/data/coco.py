@@ -26,11 +26,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from vitinit.data.coco_checks import check_coco
 from vitinit.errors import DatasetError
 from vitinit.io.files import read_json
-
-# Annotations may poke out of the image by rounding; more than this is a broken dataset.
-BOX_TOLERANCE_PX = 1.0
 
 COCO_2017 = {
     "train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -121,7 +119,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_to_category = {i + 1: c for i, c in enumerate(cat_ids)}
         self.category_to_label = {c: i for i, c in self.label_to_category.items()}
         self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
-        self._check_annotations()
+        # Every entry the loader and the evaluator read, checked before the first iteration.
+        check_coco(self.coco.dataset, self.annotation_file, set(self.category_to_label), train=train)
         ids = sorted(self.coco.imgs)
         if train:
             ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
@@ -149,30 +148,6 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def _check_annotations(self) -> None:
-        for ann in self.coco.anns.values():
-            img = self.coco.imgs.get(ann.get("image_id"))
-            if img is None:
-                raise DatasetError(
-                    f"annotation {ann.get('id')} points to image {ann.get('image_id')}, which is not listed"
-                )
-            if ann.get("category_id") not in self.category_to_label:
-                raise DatasetError(
-                    f"annotation {ann.get('id')} has unknown category {ann.get('category_id')}"
-                )
-            x, y, w, h = ann["bbox"]
-            if (
-                w < 0
-                or h < 0
-                or x < -BOX_TOLERANCE_PX
-                or y < -BOX_TOLERANCE_PX
-                or (x + w > img["width"] + BOX_TOLERANCE_PX or y + h > img["height"] + BOX_TOLERANCE_PX)
-            ):
-                raise DatasetError(
-                    f"annotation {ann['id']} box [{x}, {y}, {w}, {h}] lies outside image {img['id']} "
-                    f"({img['width']}x{img['height']}, {img['file_name']})"
-                )
 
     def load_image(self, image_id: int) -> tv_tensors.Image:
         info = self.coco.imgs[image_id]

@@ -1,61 +1,28 @@
 """The paper's random initialization ("from scratch"), as a canonical checkpoint.
 
-Distributions, per tensor (those of timm's ViT / detectron2's ViTDet, which the paper's code became):
-
-=================================  ====================================================================
-Linear weights (qkv, proj, fc1,    truncated normal, mean 0, std 0.02, cut at ±2 absolute (timm's
-fc2)                               ``trunc_normal_`` default, so in effect a plain normal)
-Linear biases                      zeros
-LayerNorm weight / bias            ones / zeros
-patch_embed.proj (Conv2d)          PyTorch's default: weight Kaiming-uniform(a=√5), i.e. U(±1/√fan_in);
-                                   bias U(±1/√fan_in), fan_in = C·p·p (ViTDet leaves the conv as built)
-absolute position embedding        none here: normalization draws it at the detection grid, truncated
-                                   normal std 0.02, exactly as for BEiT (no pre-trained embedding)
-relative position tables           none here: normalization zero-initializes them (as for MAE etc.)
-=================================  ====================================================================
-
-Every tensor is drawn lazily from its own generator seeded by ``crc32(f"{seed}:{name}")``, so the result is
-reproducible and independent of the order in which tensors are written.
+The distributions are the model's own (:meth:`DetectionViT.reset_parameters`, as timm's ViT / detectron2's
+ViTDet): the backbone is built with the torch RNG seeded ``seed`` (the caller's RNG state is restored) and
+its blocks and patch embedding become the checkpoint. It has no position embedding or relative-position
+tables: normalization adds them (``abs_pos=auto`` draws the model's position-embedding init at the
+detection grid; the tables are zeros, the model's init too).
 """
 
 from __future__ import annotations
 
-import math
-import zlib
-
 import torch
 
-from vitinit.canonical import Checkpoint, LazyTensor, Provenance, ViTSpec, block_keys, expected_shapes
+from vitinit.canonical import Checkpoint, LazyTensor, Provenance, ViTSpec
 from vitinit.errors import SpecMismatchError
+from vitinit.modeling.vit import DetectionViT, ViTBackboneConfig
 from vitinit.variants import get_variant
 
 FAMILY = "random"
 
 
-def _generator(seed: int, name: str) -> torch.Generator:
-    # CPU generators keep only 32 bits of the seed, so seed and name are hashed together.
-    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-
-
-def _draw(name: str, shape: tuple[int, ...], seed: int, fan_in: int) -> torch.Tensor:
-    g = _generator(seed, name)
-    leaf = name.rsplit(".", 1)[-1]
-    if name.startswith("patch_embed."):
-        bound = 1.0 / math.sqrt(fan_in)
-        return torch.empty(shape).uniform_(-bound, bound, generator=g)
-    if ".norm" in name:
-        return torch.ones(shape) if leaf == "weight" else torch.zeros(shape)
-    if leaf == "bias":
-        return torch.zeros(shape)
-    t = torch.empty(shape)
-    torch.nn.init.trunc_normal_(t, std=0.02, a=-2.0, b=2.0, generator=g)
-    return t
-
-
 def random_checkpoint(
     model: str | None = "vit-b", *, num_heads: int | None = None, seed: int = 0
 ) -> Checkpoint:
-    """A canonical checkpoint of the named size drawn from the distributions above."""
+    """A canonical checkpoint of the named size drawn by the model's own initialization."""
     v = get_variant(model or "vit-b")
     heads = num_heads or v.num_heads
     if v.embed_dim % heads:
@@ -71,23 +38,23 @@ def random_checkpoint(
         num_prefix_tokens=0,
         variant=v.name,
     )
-    d, p = spec.embed_dim, spec.patch_size
-    shapes = {"patch_embed.proj.weight": (d, spec.in_chans, p, p), "patch_embed.proj.bias": (d,)}
-    want = expected_shapes(spec)
-    for i in range(spec.depth):
-        shapes.update({k: want[k] for k in block_keys(i, layer_scale=False)})
-    fan_in = spec.in_chans * p * p
-    tensors = {
-        name: LazyTensor(shape, torch.float32, lambda n=name, s=shape: _draw(n, s, seed, fan_in))
-        for name, shape in shapes.items()
-    }
+    # A one-token grid without positional parameters: only the blocks and the patch embedding are drawn.
+    config = ViTBackboneConfig(
+        embed_dim=spec.embed_dim, depth=spec.depth, num_heads=heads, patch_size=spec.patch_size,
+        mlp_hidden_dim=spec.mlp_dim, img_size=spec.patch_size, global_block_indexes=(), rel_pos="none",
+        use_abs_pos=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = DetectionViT(config).state_dict()
+    tensors = {name: LazyTensor.of(t) for name, t in state.items()}
     prov = Provenance(
         family=FAMILY,
         format="random",
         source=f"random(seed={seed})",
         notes=[
-            "paper's random init: trunc-normal(0.02) linears, zero biases, unit LayerNorms, "
-            "PyTorch-default patch conv; pos embed and rel-pos tables are made by normalization"
+            "paper's random init: DetectionViT.reset_parameters (trunc-normal 0.02 linears, zero biases, "
+            "unit LayerNorms, PyTorch-default patch conv); pos embed and rel-pos tables: normalization"
         ],
     )
     return Checkpoint(spec, tensors, prov)

@@ -171,6 +171,10 @@ def _body(info: VitdetFile, repo_id: str, license_id: str, license_note: str, ba
         "",
         *([f"- **{k}**: {v}" for k, v in normalization.items()] or ["- none recorded"]),
         "",
+        "Conversion preserves the source's function unless asked otherwise: a source without an absolute "
+        "position embedding (BEiT) gets zeros; the paper's random one is drawn by the bench recipe "
+        "(`model.pos_abs: random`) at training time.",
+        "",
     ]
     if dropped:
         lines += ["Dropped from the source (not part of the backbone):", "",

@@ -21,7 +21,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from vitinit.errors import CheckpointFormatError, ConfigError, VitinitError
+from vitinit.errors import CheckpointFormatError, ConfigError, VitinitError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ConfigError(f"invalid repository name {repo_id!r}: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"invalid repository name {repo_id!r}: {first_line(e, limit=None)}") from None
     return repo_id
 
 
@@ -175,7 +175,7 @@ def publish(
         raise
     except Exception as e:  # huggingface_hub's HTTP errors, httpx connection errors, ...
         # The message names the URL and status; the token is masked in case a server echoes it back.
-        message = " ".join(str(e).split()).replace(token, "***")[:300]
+        message = first_line(e, limit=None).replace(token, "***")[:300]
         raise PublishError(f"upload to {_endpoint()}/{repo_id} failed: {message}") from None
     result.url = str(repo)
     result.commit_url = commit.commit_url

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vitinit.errors import VitinitError
+from vitinit.io.atomic import atomic_path
 
 
 def read_json(path: str | Path, *, error: type[VitinitError], what: str) -> Any:
@@ -22,7 +23,5 @@ def read_json(path: str | Path, *, error: type[VitinitError], what: str) -> Any:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    from vitinit.io.save import atomic_path  # here: save → load → files would otherwise be a cycle
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n")

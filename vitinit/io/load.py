@@ -9,9 +9,8 @@ when :meth:`LazyTensor.load` is called, so a conversion can stream a multi-GB fi
 * zip pickles: streamed by :mod:`vitinit.io.torch_zip`, whose unpickler hands ``data.pkl`` only a short
   allow-list of globals; each tensor ``os.preadv``s exactly its own bytes from the (stored, uncompressed)
   zip entry. Why not ``torch.load(mmap=True)``: the mapped pages count towards RSS as they are read and stay
-  there until the whole checkpoint is dropped, so peak memory still reaches the file size
-  (shared/reference/performance.md).
-* Anything outside that allow-list (or a compressed entry, big-endian data, conj/neg bits) is handed to
+  there until the whole checkpoint is dropped, so peak memory still reaches the file size.
+* Anything outside that allow-list (big-endian data, conj/neg bits) is handed to
   ``torch.load(weights_only=True)``, torch's own restricted unpickler: it either loads the file (eagerly, with
   mmap) or refuses it. So a pickle that asks for ``os.system`` is refused by both and never executed.
 * legacy pickles cannot be read lazily: ``torch.load(weights_only=True)`` loads them whole.
@@ -35,16 +34,11 @@ from typing import Any
 
 import torch
 
-from vitinit.canonical import LazyTensor
 from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line
 from vitinit.io.files import read_json
-from vitinit.io.torch_zip import (
-    _STORAGE_TYPES,
-    _STREAMING_PLAIN_GLOBALS,
-    _STREAMING_REBUILDERS,
-    _NotStreamable,
-    _open_torch_zip_streaming,
-)
+from vitinit.io.lazy import LazyTensor
+from vitinit.io.torch_zip import STREAMING_GLOBALS, NotStreamable, open_torch_zip_streaming
+from vitinit.io.zip_checks import check_archive, read_record
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +65,6 @@ class RawCheckpoint:
         for part in filter(None, prefix.split("/")):
             node = node[part]
         return dict(_flatten_tensors(node))
-
-    def top_keys(self) -> list[str]:
-        return list(self.tree)
 
 
 def _flatten_tensors(node: Any, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:
@@ -186,9 +177,9 @@ class _SafetensorsReader:
 def _open_torch(path: Path) -> RawCheckpoint:
     if zipfile.is_zipfile(path):
         try:
-            tree = _lazify(_open_torch_zip_streaming(path))
+            tree = _lazify(open_torch_zip_streaming(path))
             return RawCheckpoint(path, tree, "torch-zip")
-        except _NotStreamable as why:
+        except NotStreamable as why:
             # torch's weights_only unpickler is the authority on what is safe: it loads what it allows
             # (eagerly, memory-mapped) and refuses the rest, unexecuted.
             log.info("%s: cannot stream (%s); using torch.load(weights_only=True, mmap=True)", path, why)
@@ -230,8 +221,7 @@ def _unsafe_global(path: Path, e: Exception) -> str | None:
 
 
 def _known_safe_globals() -> set[str]:
-    names = set(_STREAMING_PLAIN_GLOBALS) | set(_STREAMING_REBUILDERS)
-    names |= {f"torch.{n}" for n in _STORAGE_TYPES}
+    names = set(STREAMING_GLOBALS)
     try:  # torch's own allow-list (a private helper): used only to name the culprit in an error message
         from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -246,8 +236,9 @@ def _first_unknown_global(path: Path) -> str | None:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
+                check_archive(path, archive)
                 name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-                streams = [archive.read(name)]
+                streams = [read_record(path, archive, name)]
         else:
             streams = [path.read_bytes()[: 64 << 20]]  # legacy files: pickles come first, then raw storages
     except Exception:

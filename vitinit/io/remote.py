@@ -122,7 +122,9 @@ def _download_url(url: str, target: Path, entry: OfficialCheckpoint, *, progress
     received = 0
     request = urllib.request.Request(url, headers={"User-Agent": "vitinit"})
     try:
-        with atomic_path(target) as tmp:  # a failed or interrupted download leaves nothing in the cache
+        # A failed or interrupted download leaves nothing in the cache; a concurrent one of the same file
+        # may land first (same bytes, checked against the same hash), so replacing it is fine.
+        with atomic_path(target, overwrite=True) as tmp:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(tmp, "wb") as out:
                 length = response.headers.get("Content-Length")
                 expected = int(length) if length and length.isdigit() else entry.size
@@ -140,7 +142,7 @@ def _download_url(url: str, target: Path, entry: OfficialCheckpoint, *, progress
         raise DownloadError(f"cannot download {url} (HTTP {e.code} {e.reason})") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
-        raise DownloadError(f"cannot download {url} ({' '.join(str(reason).split())})") from None
+        raise DownloadError(f"cannot download {url} ({first_line(reason, limit=None)})") from None
     if not entry.has_hash:
         log.warning("%s: no published hash, content not verified (sha256 %s)", url, sha256.hexdigest())
 

@@ -1,63 +1,55 @@
-"""Write outputs atomically: a temp file beside the target, fsync, then rename.
+"""Write checkpoint files: :func:`write_safetensors` streams lazy tensors, :func:`save_torch` pickles.
 
-A failure at any point leaves no file at the target path (and never touches the source).
-:func:`write_safetensors` streams a dict of lazy tensors into a ``.safetensors`` file that way.
+Both write through :func:`vitinit.io.atomic.atomic_path` (temp file, fsync, no-clobber rename), so a failure
+at any point leaves no file at the target path or beside it, and never touches the source. Both warn about
+NaN/inf values as the tensors go by, and both refuse a file name that would make readers take the file for
+the other container (readers go by the suffix).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import struct
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitinit.canonical import LazyTensor
-from vitinit.errors import OutputExistsError
+from vitinit.errors import ConfigError
+from vitinit.io.atomic import atomic_path, check_output_path
+from vitinit.io.finite import NonFiniteCheck
+from vitinit.io.lazy import LazyTensor
 from vitinit.io.load import SAFETENSORS_DTYPES
 from vitinit.io.progress import byte_progress
 
+__all__ = [
+    "atomic_path", "check_output_path", "check_container_suffix", "save_torch", "sha256_file",
+    "write_safetensors",
+]
 
-def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".tar", ".ckpt", ".pkl")
+
+
+def check_container_suffix(path: str | Path, container: str) -> Path:
+    """Refuse a name whose suffix says the other container: readers pick safetensors or pickle by it."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if path.exists() and path.is_dir():
-        raise OutputExistsError(f"{path} is a folder, not a file")
+    if container == "safetensors" and path.suffix != ".safetensors":
+        hint = " (add --pth for a .pth copy)" if path.suffix in PICKLE_SUFFIXES else ""
+        raise ConfigError(
+            f"{path}: this output is a safetensors file and needs a name ending in .safetensors, e.g. "
+            f"{path.with_suffix('.safetensors').name}{hint}"
+        )
+    if container == "torch" and path.suffix == ".safetensors":
+        raise ConfigError(
+            f"{path}: this output is a PyTorch pickle; a .safetensors name would make readers misread it "
+            f"(use e.g. {path.with_suffix('.pth').name})"
+        )
     return path
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success it is renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the output the mode a plain open() would (0666 minus the umask).
-        os.chmod(tmp_path, 0o666 & ~_current_umask())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -136,14 +128,17 @@ def write_safetensors(
     Example:
         >>> sha = write_safetensors("out.safetensors", {"w": LazyTensor.of(torch.zeros(2))}, {"k": "v"})
     """
-    path = check_output_path(path, overwrite=overwrite)
+    path = check_output_path(check_container_suffix(path, "safetensors"), overwrite=overwrite)
     if late_metadata:
-        return _write_with_late_metadata(path, tensors, metadata, late_metadata, progress=progress)
+        return _write_with_late_metadata(
+            path, tensors, metadata, late_metadata, progress=progress, overwrite=overwrite
+        )
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
     digest = hashlib.sha256(prefix)
+    finite = NonFiniteCheck(path)
     with (
-        atomic_path(path) as tmp,
+        atomic_path(path, overwrite=overwrite) as tmp,
         open(tmp, "wb") as out,
         byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-sha256") as hasher,
@@ -151,7 +146,7 @@ def write_safetensors(
         out.write(prefix)
         advance(len(prefix))
         for name in order:
-            data = _loaded_bytes(name, tensors[name])
+            data = _loaded_bytes(name, tensors[name], finite)
             if len(data):
                 # The hasher thread walks the same bytes while this one writes them, chunk by chunk, so each
                 # chunk is read from memory about once (hashlib and file writes release the GIL). Whole-tensor
@@ -162,6 +157,7 @@ def write_safetensors(
                 hashing.result()
                 advance(len(data))
             del data  # drop this tensor's buffer before the next one is read
+    finite.report()
     return digest.hexdigest()
 
 
@@ -175,6 +171,7 @@ def _write_with_late_metadata(
     late_metadata: Mapping[str, Callable[[], str]],
     *,
     progress: bool,
+    overwrite: bool,
 ) -> str:
     """:func:`write_safetensors` when some metadata is only known after the data (see its docstring)."""
     missing = sorted(set(late_metadata) - set(metadata))
@@ -182,15 +179,16 @@ def _write_with_late_metadata(
         raise ValueError(f"late metadata keys need a provisional value in metadata: {missing}")
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
+    finite = NonFiniteCheck(path)
     with (
-        atomic_path(path) as tmp,
+        atomic_path(path, overwrite=overwrite) as tmp,
         open(tmp, "wb") as out,
         byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
     ):
         out.write(prefix)
         advance(len(prefix))
         for name in order:
-            data = _loaded_bytes(name, tensors[name])
+            data = _loaded_bytes(name, tensors[name], finite)
             out.write(data)
             advance(len(data))
             del data  # drop this tensor's buffer before the next one is read
@@ -209,14 +207,69 @@ def _write_with_late_metadata(
             synced = syncer.submit(os.fsync, out.fileno())
             digest = sha256_file(tmp)
             synced.result()
+    finite.report()
     return digest
 
 
-def _loaded_bytes(name: str, declared: LazyTensor) -> memoryview:
+def _loaded_bytes(name: str, declared: LazyTensor, finite: NonFiniteCheck) -> memoryview:
     tensor = declared.load()
     if tensor.dtype != declared.dtype:
         raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
+    finite.check(name, tensor)
     return _tensor_bytes(tensor) if declared.nbytes else memoryview(b"")
+
+
+def save_torch(path: str | Path, obj: Any, *, overwrite: bool = False) -> str:
+    """``torch.save(obj)`` to ``path`` atomically and without clobbering; return the file's sha256.
+
+    torch's zip writer reports any failed write (a full disk, a quota) as an opaque ``RuntimeError``
+    ("unexpected pos ..."). So it writes through :class:`_WriteRecorder`, which keeps the real ``OSError``;
+    that one is raised instead, and :func:`atomic_path` turns it into a one-line error naming the file.
+    """
+    path = check_output_path(check_container_suffix(path, "torch"), overwrite=overwrite)
+    finite = NonFiniteCheck(path)
+    for name, tensor in _tensors_in(obj):
+        finite.check(name, tensor)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+    finite.report()
+    return sha256_file(path)
+
+
+class _WriteRecorder:
+    """A file for torch.save that writes every byte it is given (looping over short writes) and keeps
+    the first ``OSError``, which torch's writer would otherwise replace by its own message."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += self.f.write(view[done:])
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _tensors_in(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        return [(prefix, obj)]
+    if isinstance(obj, Mapping):
+        return [t for k, v in obj.items() for t in _tensors_in(v, f"{prefix}.{k}" if prefix else str(k))]
+    return []
 
 
 def _update_in_chunks(digest: Any, data: memoryview) -> None:

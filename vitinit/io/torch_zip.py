@@ -4,14 +4,17 @@ A ``torch.save`` file is a zip archive: ``<name>/data.pkl`` is a pickle of the c
 ...) whose tensors point by key at raw storage records ``<name>/data/<key>``, which torch writes *stored*
 (uncompressed). So every tensor can be read with ``os.preadv`` straight from its byte
 range in the file, into a fresh buffer, when its :class:`LazyTensor` is loaded -- one tensor at a time, and
-nothing stays mapped (``torch.load(mmap=True)`` ends with the whole file in RSS; see
-shared/reference/performance.md).
+nothing stays mapped (``torch.load(mmap=True)`` ends with the whole file in RSS).
 
 ``data.pkl`` is read by :class:`_StreamingUnpickler`, whose ``find_class`` only hands out a short allow-list
 (harmless constructors, storage type markers, and torch's tensor rebuild functions replaced by descriptor
 builders), so the pickle can name nothing that runs code. Anything outside what this reader handles (another
-global, a compressed record, a foreign byte order, conj/neg bits) raises :class:`_NotStreamable`, and
+global, a foreign byte order, conj/neg bits) raises :class:`NotStreamable`, and
 :func:`vitinit.io.load.open_checkpoint` hands the file to ``torch.load(weights_only=True)`` instead.
+
+Hostile archives are refused before anything is allocated (:mod:`vitinit.io.zip_checks`: duplicate entry
+names, compressed tensor records, a ``data.pkl`` bomb), and so is a tensor whose shape needs more bytes than
+its storage record holds (a stride-0 view "expanded" to terabytes in a 1 KB file).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from typing import Any, BinaryIO
 
 import torch
 
-from vitinit.canonical import LazyTensor
 from vitinit.errors import CheckpointFormatError, first_line
+from vitinit.io.lazy import LazyTensor
+from vitinit.io.zip_checks import check_archive, read_record
 
 
-class _NotStreamable(Exception):
+class NotStreamable(Exception):
     """The zip pickle needs something the streaming reader does not handle; torch.load decides instead."""
 
 
@@ -75,8 +79,6 @@ class _ZipTensorFile:
             info = self.entries.get(key)
             if info is None:
                 raise CheckpointFormatError(f"{self.path}: tensor data record {key!r} is missing")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise _NotStreamable(f"record {key} is compressed")
             header = os.pread(self.handle.fileno(), 30, info.header_offset)
             if len(header) < 30 or header[:4] != b"PK\x03\x04":
                 raise CheckpointFormatError(f"{self.path}: corrupt zip local header for record {key!r}")
@@ -186,14 +188,14 @@ class _StreamingUnpickler(pickle.Unpickler):
             return getattr(self, _STREAMING_REBUILDERS[qualified])
         if qualified in _STREAMING_PLAIN_GLOBALS:
             return _STREAMING_PLAIN_GLOBALS[qualified]
-        raise _NotStreamable(f"global {qualified}")
+        raise NotStreamable(f"global {qualified}")
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _NotStreamable(f"persistent id {str(pid)[:60]}")
+            raise NotStreamable(f"persistent id {str(pid)[:60]}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
-            raise _NotStreamable(f"storage type {storage_type!r}")
+            raise NotStreamable(f"storage type {storage_type!r}")
         ref = _StorageRef(str(key), storage_type.dtype, int(numel))
         self.storages.setdefault(ref.key, ref)
         return self.storages[ref.key]
@@ -204,12 +206,21 @@ class _StreamingUnpickler(pickle.Unpickler):
         size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
         if len(size) != len(stride) or any(s < 0 for s in size + stride) or offset < 0:
             raise CheckpointFormatError(f"{self.file.path}: malformed tensor record in data.pkl")
+        numel = 1
+        for n in size:
+            numel *= n
+        if numel > storage.numel:  # loading copies the view out: it must fit in the bytes the file holds
+            raise CheckpointFormatError(
+                f"{self.file.path}: a tensor of shape {list(size)} ({numel * storage.dtype.itemsize} bytes) "
+                f"claims more data than its storage record {storage.key!r} holds "
+                f"({storage.numel * storage.dtype.itemsize} bytes)"
+            )
         reader = _ZipTensorReader(self.file, storage, int(offset), size, stride)
         return LazyTensor(size, storage.dtype, reader)
 
     def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad, hooks, metadata=None):
         if metadata:  # conj/neg bits: rare, let torch handle them
-            raise _NotStreamable("tensor metadata")
+            raise NotStreamable("tensor metadata")
         return self._rebuild_tensor(storage, offset, size, stride)
 
     @staticmethod
@@ -217,29 +228,32 @@ class _StreamingUnpickler(pickle.Unpickler):
         return data  # a Parameter is its data here: requires_grad means nothing to a converter
 
 
-def _open_torch_zip_streaming(path: Path) -> Mapping:
-    """The unpickled ``data.pkl`` of ``path``, its tensors :class:`LazyTensor` reading from the file."""
+def open_torch_zip_streaming(path: Path) -> Mapping:
+    """The unpickled ``data.pkl`` of ``path``, its tensors :class:`LazyTensor` reading from the file.
+
+    Raises :class:`NotStreamable` when ``torch.load(weights_only=True)`` must decide instead, and
+    :class:`CheckpointFormatError` for an archive no reader should trust (see the module docstring).
+    """
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     with archive:
+        check_archive(path, archive)
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise CheckpointFormatError(f"{path}: zip file without a PyTorch data.pkl record")
         prefix = pickles[0].rsplit("/", 1)[0] + "/"
         byteorder = prefix + "byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).decode() != sys.byteorder:
-            raise _NotStreamable("byte order differs from this machine's")
+        order = read_record(path, archive, byteorder, 16) if byteorder in archive.namelist() else None
+        if order is not None and order != sys.byteorder.encode():
+            raise NotStreamable("byte order differs from this machine's")
         entries = {
             info.filename[len(prefix + "data/"):]: info
             for info in archive.infolist()
             if info.filename.startswith(prefix + "data/")
         }
-        try:
-            data = archive.read(pickles[0])
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointFormatError(f"{path}: corrupt data.pkl ({first_line(e)})") from None
+        data = read_record(path, archive, pickles[0])
     # The handle stays open as long as any LazyTensor refers to it (the GC closes it).
     handle = open(path, "rb")
     file = _ZipTensorFile(path, handle, entries)
@@ -253,12 +267,18 @@ def _open_torch_zip_streaming(path: Path) -> Mapping:
     return obj
 
 
+STREAMING_GLOBALS = frozenset(
+    [*_STREAMING_PLAIN_GLOBALS, *_STREAMING_REBUILDERS, *(f"torch.{n}" for n in _STORAGE_TYPES)]
+)
+"""Every global a ``data.pkl`` may name for this reader (used to name the culprit of a refused file)."""
+
+
 def _unpickle_lazily(data: bytes, file: _ZipTensorFile) -> Any:
     """Unpickle ``data.pkl``; check every storage record against the zip before any tensor is read."""
     unpickler = _StreamingUnpickler(io.BytesIO(data), file)
     try:
         obj = unpickler.load()
-    except (_NotStreamable, CheckpointFormatError):
+    except (NotStreamable, CheckpointFormatError):
         raise
     except Exception as e:  # a malformed pickle raises anything from UnpicklingError to TypeError
         raise CheckpointFormatError(f"{file.path}: corrupt data.pkl ({first_line(e)})") from None
@@ -269,7 +289,7 @@ def _unpickle_lazily(data: bytes, file: _ZipTensorFile) -> Any:
             raise CheckpointFormatError(f"{file.path}: tensor data record {ref.key!r} is missing")
         if info.file_size < nbytes:
             raise CheckpointFormatError(f"{file.path}: tensor data record {ref.key!r} is too short")
-        if file.data_offset(ref.key) + nbytes > file.size:  # also: _NotStreamable for a compressed record
+        if file.data_offset(ref.key) + nbytes > file.size:
             raise CheckpointFormatError(f"{file.path}: file is truncated (tensor data runs past its end)")
     return obj
 

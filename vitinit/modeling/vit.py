@@ -62,6 +62,11 @@ class DropPath(nn.Module):
 REL_POS_STYLES = ("shared", "per_block", "none")
 
 
+def init_pos_embed_(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ViTDet's ``trunc_normal_(pos_embed, std=0.02)``; also what conversion draws for ``abs_pos=random``."""
+    return nn.init.trunc_normal_(t, std=0.02, generator=generator)
+
+
 def quarter_block_indexes(depth: int, groups: int = 4) -> tuple[int, ...]:
     """The last block of each of ``groups`` equal groups: ViT-B (12) → 2, 5, 8, 11; ViT-L → 5, 11, 17, 23."""
     if depth < groups:
@@ -324,7 +329,7 @@ class DetectionViT(nn.Module):
                 nn.init.zeros_(m.bias)
         self.patch_embed.proj.reset_parameters()
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            init_pos_embed_(self.pos_embed)
 
     def abs_pos(self, grid: tuple[int, int]) -> torch.Tensor:
         """The absolute embedding at ``grid``, resized at run time when the input grid differs."""

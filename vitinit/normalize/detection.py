@@ -1,17 +1,18 @@
 """Canonical checkpoint → the paper's detection backbone state (:class:`~vitinit.modeling.vit.DetectionViT`).
 
-What happens to each part (the paper, §3; every choice lands in ``Provenance.normalization``):
+What happens to each part (the paper, §3; every choice lands in ``Provenance.normalization``; the modes
+are :class:`~vitinit.normalize.options.NormalizeOptions`'s):
 
 - **Absolute position embedding**: the prefix (cls / dist) rows are dropped and the pre-training grid is
   resized to ``img_size / patch`` with plain bicubic, no antialias (``vitinit.ops.pos_embed``, as
-  detectron2's ``get_abs_pos``). Sources without one (BEiT, random) get a fresh truncated normal, std 0.02,
-  from a seeded generator.
-- **Relative position bias** (``rel_pos="shared"``, the paper): two BEiT-style tables, one shared by the
-  windowed blocks (window grid) and one by the global blocks (full grid). A BEiT pre-training table, minus
-  its 3 cls rows, is resized into both (``resize="geometric"``: BEiT's scheme; ``"bicubic"``: plain). A
-  fine-tuned BEiT's per-block tables are averaged, window blocks into the window table and global blocks
-  into the global table (a warning says so); ``rel_pos="per_block"`` keeps one table per block instead.
-  Sources without tables get zeros (BEiT's own init).
+  detectron2's ``get_abs_pos``). Sources without one (BEiT) get zeros by default, which adds nothing, so
+  the backbone computes what the source did; ``abs_pos="random"`` draws the paper's fresh one instead.
+- **Relative position bias**: two BEiT-style tables, one shared by the windowed blocks (window grid) and
+  one by the global blocks (full grid) — the paper's layout — or one table per block. A BEiT table, minus
+  its 3 cls rows, is resized to each grid (``rel_pos_resize="geometric"``: BEiT's scheme; ``"bicubic"``:
+  plain). By default a fine-tuned BEiT's per-block tables stay per block; asking for the shared layout
+  averages them, window blocks into the window table and global blocks into the global table (lossy: a
+  warning says so and the provenance records it). Sources without tables get zeros (BEiT's own init).
 - **Layer scale**: ``keep`` stores ``gamma_1/gamma_2`` (the paper keeps BEiT's); ``fold`` multiplies them
   into ``attn.proj`` and ``mlp.fc2`` (exact up to rounding) so every backbone has one architecture.
 - Floating tensors are cast to float32.
@@ -24,18 +25,37 @@ import warnings
 
 import torch
 
-from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, ViTSpec, block_keys
+from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, ViTSpec
 from vitinit.errors import CheckpointFormatError, ConfigError
 from vitinit.modeling.vit import ViTBackboneConfig, backbone_state_shapes, quarter_block_indexes
-from vitinit.ops.layer_scale import fold_layer_scale
+from vitinit.normalize.lazy import (
+    abs_pos_mode,
+    block_tensors,
+    fresh_abs_pos,
+    layer_scale_record,
+    patch_tensors,
+    zeros,
+)
+from vitinit.normalize.options import (
+    ABS_POS_MODES,
+    LAYER_SCALE_MODES,
+    REL_POS_INIT,
+    REL_POS_MODES,
+    REL_POS_RESIZE,
+    Normalized,
+    NormalizeOptions,
+)
 from vitinit.ops.pos_embed import resize_abs_pos_embed
 from vitinit.ops.rel_pos import resize_rel_pos_table
 
 logger = logging.getLogger(__name__)
 
-LAYER_SCALE_MODES = ("keep", "fold")
-REL_POS_MODES = ("shared", "per_block")
-REL_POS_RESIZE = ("geometric", "bicubic")
+
+def rel_pos_layout(spec: ViTSpec, rel_pos: str) -> str:
+    """``rel_pos`` with ``auto`` resolved: per-block tables stay per block, anything else is shared."""
+    if rel_pos == "auto":
+        return "per_block" if spec.rel_pos == "per_block" else "shared"
+    return rel_pos
 
 
 def detection_config(
@@ -44,15 +64,19 @@ def detection_config(
     img_size: int = 1024,
     window_size: int = 14,
     global_block_indexes: tuple[int, ...] | None = None,
-    rel_pos: str = "shared",
+    rel_pos: str = "auto",
     layer_scale: str = "keep",
+    abs_pos: str = "auto",
     **extra,
 ) -> ViTBackboneConfig:
     """The paper's backbone for a source architecture (``extra`` goes to :class:`ViTBackboneConfig`)."""
-    if layer_scale not in LAYER_SCALE_MODES:
-        raise ConfigError(f"layer_scale must be one of {LAYER_SCALE_MODES}, got {layer_scale!r}")
-    if rel_pos not in REL_POS_MODES:
-        raise ConfigError(f"rel_pos must be one of {REL_POS_MODES}, got {rel_pos!r}")
+    for value, allowed, name in (
+        (layer_scale, LAYER_SCALE_MODES, "layer_scale"),
+        (rel_pos, REL_POS_MODES, "rel_pos"),
+        (abs_pos, ABS_POS_MODES, "abs_pos"),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
     return ViTBackboneConfig(
         embed_dim=spec.embed_dim,
         depth=spec.depth,
@@ -65,41 +89,44 @@ def detection_config(
         global_block_indexes=tuple(global_block_indexes)
         if global_block_indexes is not None
         else quarter_block_indexes(spec.depth),
-        rel_pos=rel_pos,
-        use_abs_pos=True,
+        rel_pos=rel_pos_layout(spec, rel_pos),
+        use_abs_pos=abs_pos != "none",
         layer_scale=spec.layer_scale and layer_scale == "keep",
         norm_eps=spec.norm_eps,
         **extra,
     )
 
 
-def as_float32(t: LazyTensor) -> LazyTensor:
-    return (
-        t
-        if t.dtype == torch.float32 or not t.dtype.is_floating_point
-        else t.map(lambda x: x.float(), dtype=torch.float32)
+def normalize(ckpt: Checkpoint, options: NormalizeOptions) -> Normalized:
+    """The vitdet target's tensors for ``ckpt`` under ``options`` (lazy), with its backbone config."""
+    config = detection_config(
+        ckpt.spec,
+        img_size=options.img_size,
+        window_size=options.window_size,
+        global_block_indexes=options.global_blocks_for(ckpt.spec.depth),
+        rel_pos=options.rel_pos,
+        layer_scale=options.layer_scale,
+        abs_pos=options.abs_pos,
     )
+    tensors, prov = to_vitdet(
+        ckpt,
+        config,
+        layer_scale=options.layer_scale,
+        rel_pos_resize=options.rel_pos_resize,
+        abs_pos=options.abs_pos,
+        rel_pos_init=options.rel_pos_init,
+        seed=options.seed,
+    )
+    return Normalized("vitdet", ckpt.spec, tensors, prov, config=config, options=options)
 
 
-def fresh_pos_embed(shape: tuple[int, ...], seed: int) -> LazyTensor:
-    def make() -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        t = torch.empty(shape)
-        # ViTDet's/timm's N(0, 0.02²) truncated at ±2 (absolute); torch's version takes a generator.
-        torch.nn.init.trunc_normal_(t, std=0.02, generator=g)
-        return t
-
-    return LazyTensor(shape, torch.float32, make)
-
-
-def _abs_pos(ckpt: Checkpoint, config: ViTBackboneConfig, seed: int, record: dict) -> LazyTensor:
+def _abs_pos(ckpt: Checkpoint, config: ViTBackboneConfig, mode: str, seed: int, record: dict) -> LazyTensor:
     spec, grid = ckpt.spec, config.grid
     shape = (1, *grid, config.embed_dim)
-    if not spec.has_abs_pos:
-        record["abs_pos"] = (
-            f"fresh truncated normal std 0.02 at {grid[0]}x{grid[1]} (seed {seed}); source has none"
-        )
-        return fresh_pos_embed(shape, seed)
+    if mode != "source":
+        why = "source has none" if not spec.has_abs_pos else "the source's embedding replaced"
+        tensor, record["abs_pos"] = fresh_abs_pos(mode, shape, seed, grid, why)
+        return tensor
     old = tuple(spec.pretrain_grid)
     record["abs_pos"] = f"pre-trained, {spec.num_prefix_tokens} prefix row(s) dropped, " + (
         f"resized {old[0]}x{old[1]} -> {grid[0]}x{grid[1]} bicubic (no antialias)"
@@ -131,26 +158,23 @@ def _table(sources: list[LazyTensor], grid: tuple[int, int], method: str) -> Laz
     return LazyTensor((rows, heads), torch.float32, make)
 
 
-def _zeros(shape: tuple[int, ...]) -> LazyTensor:
-    return LazyTensor(shape, torch.float32, lambda: torch.zeros(shape))
-
-
-def _rel_pos(ckpt: Checkpoint, config: ViTBackboneConfig, method: str, record: dict) -> dict[str, LazyTensor]:
+def _rel_pos(
+    ckpt: Checkpoint, config: ViTBackboneConfig, method: str, init: str, record: dict
+) -> dict[str, LazyTensor]:
     spec, t = ckpt.spec, ckpt.tensors
+    if config.rel_pos == "none":
+        record["rel_pos"] = "none (no relative position bias)"
+        return {}
     win, full = (config.window_size,) * 2, config.grid
-    heads = config.num_heads
     is_global = [i in config.global_block_indexes for i in range(config.depth)]
-    grids = [full if g else win for g in is_global]
     shared = t.get("rel_pos_bias.relative_position_bias_table")
     per_block = [t.get(f"blocks.{i}.attn.relative_position_bias_table") for i in range(config.depth)]
-
-    def source_for(blocks: list[int]) -> list[LazyTensor]:
-        return [shared] if spec.rel_pos == "shared" else [per_block[i] for i in blocks]
+    carried = spec.rel_pos != "none" and init == "source"
 
     def make(blocks: list[int], grid: tuple[int, int]) -> LazyTensor:
-        if spec.rel_pos == "none":
-            return _zeros(((2 * grid[0] - 1) * (2 * grid[1] - 1), heads))
-        return _table(source_for(blocks), grid, method)
+        if not carried:
+            return zeros(((2 * grid[0] - 1) * (2 * grid[1] - 1), config.num_heads))
+        return _table([shared] if spec.rel_pos == "shared" else [per_block[i] for i in blocks], grid, method)
 
     out: dict[str, LazyTensor] = {}
     if config.rel_pos == "shared":
@@ -158,24 +182,25 @@ def _rel_pos(ckpt: Checkpoint, config: ViTBackboneConfig, method: str, record: d
         globals_ = [i for i, g in enumerate(is_global) if g]
         out["rel_pos_window.relative_position_bias_table"] = make(windowed or globals_, win)
         out["rel_pos_global.relative_position_bias_table"] = make(globals_ or windowed, full)
-        if spec.rel_pos == "per_block":
+        if carried and spec.rel_pos == "per_block":
             msg = (
-                "per-block relative position tables averaged: window blocks' mean → window table, global "
-                "blocks' mean → global table (use rel_pos='per_block' to keep them)"
+                "per-block relative position tables AVERAGED (lossy): window blocks' mean → window table, "
+                "global blocks' mean → global table (rel_pos='per_block' keeps them)"
             )
             logger.warning(msg)
             record["rel_pos_rule"] = msg
-    elif config.rel_pos == "per_block":
-        for i, grid in enumerate(grids):
-            out[f"blocks.{i}.rel_pos.relative_position_bias_table"] = make([i], grid)
+    else:
+        for i, g in enumerate(is_global):
+            out[f"blocks.{i}.rel_pos.relative_position_bias_table"] = make([i], full if g else win)
     source = {
         "none": "zeros (source has none)",
         "shared": "source's shared table without its 3 cls rows",
         "per_block": "source's per-block tables without their 3 cls rows",
     }[spec.rel_pos]
-    record["rel_pos"] = f"{config.rel_pos} tables from {source}" + (
-        f", resized ({method})" if spec.rel_pos != "none" else ""
-    )
+    if spec.rel_pos != "none" and not carried:
+        source = "zeros (rel_pos_init=zero; the source's tables are not used)"
+    resized = f", resized ({method})" if carried else ""
+    record["rel_pos"] = f"{config.rel_pos} tables from {source}{resized}"
     return out
 
 
@@ -185,20 +210,30 @@ def to_vitdet(
     *,
     layer_scale: str = "keep",
     rel_pos_resize: str = "geometric",
+    abs_pos: str = "auto",
+    rel_pos_init: str = "source",
     seed: int = 0,
 ) -> tuple[dict[str, LazyTensor], Provenance]:
     """Tensors named exactly as ``DetectionViT(config).state_dict()``, and the provenance with
-    ``normalization`` filled. Nothing is computed until a tensor is loaded."""
-    if layer_scale not in LAYER_SCALE_MODES:
-        raise ConfigError(f"layer_scale must be one of {LAYER_SCALE_MODES}, got {layer_scale!r}")
-    if rel_pos_resize not in REL_POS_RESIZE:
-        raise ConfigError(f"rel_pos_resize must be one of {REL_POS_RESIZE}, got {rel_pos_resize!r}")
-    spec, t = ckpt.spec, ckpt.tensors
+    ``normalization`` filled. Nothing is computed until a tensor is loaded.
+
+    ``config`` (from :func:`detection_config`) fixes the layout; the keywords are the value policies of
+    :class:`~vitinit.normalize.options.NormalizeOptions`.
+    """
+    for value, allowed, name in (
+        (layer_scale, LAYER_SCALE_MODES, "layer_scale"),
+        (rel_pos_resize, REL_POS_RESIZE, "rel_pos_resize"),
+        (abs_pos, ABS_POS_MODES, "abs_pos"),
+        (rel_pos_init, REL_POS_INIT, "rel_pos_init"),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    spec = ckpt.spec
     keep_gamma = spec.layer_scale and layer_scale == "keep"
-    if config.layer_scale != keep_gamma:
+    if config.layer_scale != keep_gamma or config.use_abs_pos != (abs_pos != "none"):
         raise ConfigError(
-            f"config.layer_scale={config.layer_scale} but layer_scale={layer_scale!r} with a source that "
-            f"{'has' if spec.layer_scale else 'has no'} layer scale; build the config with detection_config"
+            f"config (layer_scale={config.layer_scale}, use_abs_pos={config.use_abs_pos}) does not match "
+            f"layer_scale={layer_scale!r}, abs_pos={abs_pos!r} for this source; use detection_config"
         )
     record: dict = {
         "target": "vitdet",
@@ -210,54 +245,18 @@ def to_vitdet(
         "seed": seed,
         "rel_pos_resize": rel_pos_resize,
     }
-    out: dict[str, LazyTensor] = {
-        "patch_embed.proj.weight": as_float32(t["patch_embed.proj.weight"]),
-        "patch_embed.proj.bias": as_float32(t["patch_embed.proj.bias"]),
-        "pos_embed": _abs_pos(ckpt, config, seed, record),
-    }
-    out.update(_rel_pos(ckpt, config, rel_pos_resize, record))
-    for i in range(spec.depth):
-        for name in block_keys(i, layer_scale=False):
-            out[name] = as_float32(t[name])
-        if keep_gamma:
-            out[f"blocks.{i}.gamma_1"] = as_float32(t[f"blocks.{i}.gamma_1"])
-            out[f"blocks.{i}.gamma_2"] = as_float32(t[f"blocks.{i}.gamma_2"])
-        elif spec.layer_scale:
-            for gamma, layer in (("gamma_1", "attn.proj"), ("gamma_2", "mlp.fc2")):
-                w, b = fold_lazy(
-                    t[f"blocks.{i}.{layer}.weight"], t[f"blocks.{i}.{layer}.bias"], t[f"blocks.{i}.{gamma}"]
-                )
-                out[f"blocks.{i}.{layer}.weight"], out[f"blocks.{i}.{layer}.bias"] = w, b
-    record["layer_scale"] = (
-        "kept (gamma_1/gamma_2)"
-        if keep_gamma
-        else "folded into attn.proj and mlp.fc2"
-        if spec.layer_scale
-        else "none in source"
-    )
+    out = patch_tensors(ckpt)
+    if config.use_abs_pos:
+        out["pos_embed"] = _abs_pos(ckpt, config, abs_pos_mode(ckpt, abs_pos), seed, record)
+    else:
+        record["abs_pos"] = "none (no absolute position embedding)"
+    out.update(_rel_pos(ckpt, config, rel_pos_resize, rel_pos_init, record))
+    out.update(block_tensors(ckpt, keep_gamma=keep_gamma))
+    record["layer_scale"] = layer_scale_record(ckpt, keep_gamma)
     _check_against_model(out, config)
     prov = Provenance.from_dict(ckpt.provenance.to_dict())
     prov.normalization = record
     return out, prov
-
-
-def fold_lazy(weight: LazyTensor, bias: LazyTensor, gamma: LazyTensor) -> tuple[LazyTensor, LazyTensor]:
-    """Lazily fold a layer-scale vector into a linear layer (``vitinit.ops.layer_scale``).
-
-    Weight and bias are folded separately so that loading the bias never reads the (large) weight.
-    """
-
-    def folded_weight() -> torch.Tensor:
-        return fold_layer_scale(weight.load().float(), None, gamma.load())[0]
-
-    def folded_bias() -> torch.Tensor:
-        # A bias is a one-column weight: the same row scaling applies.
-        return fold_layer_scale(bias.load().float()[:, None], None, gamma.load())[0][:, 0]
-
-    return (
-        LazyTensor(weight.shape, torch.float32, folded_weight),
-        LazyTensor(bias.shape, torch.float32, folded_bias),
-    )
 
 
 def _check_against_model(tensors: dict[str, LazyTensor], config: ViTBackboneConfig) -> None:

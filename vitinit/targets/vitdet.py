@@ -21,8 +21,12 @@ import vitinit
 from vitinit.canonical import LazyTensor, Provenance
 from vitinit.errors import CheckpointFormatError
 from vitinit.io.load import open_checkpoint
-from vitinit.io.save import atomic_path, check_output_path, sha256_file, write_safetensors
+from vitinit.io.save import save_torch, write_safetensors
 from vitinit.modeling.vit import ViTBackboneConfig
+from vitinit.normalize.detection import normalize
+from vitinit.normalize.options import Normalized
+
+__all__ = ["FORMAT", "normalize", "read", "write"]
 
 FORMAT = "vitinit.vitdet"
 FORMAT_VERSION = "1"
@@ -82,13 +86,25 @@ def write_vitdet(
     )
 
 
+def write(
+    path: str | Path,
+    normalized: Normalized,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    source_sha256: Callable[[], str] | None = None,
+) -> str:
+    """The target table's writer: :func:`write_vitdet` of a :class:`Normalized` result."""
+    return write_vitdet(
+        path, normalized.config, normalized.tensors, normalized.provenance, overwrite=overwrite,
+        progress=progress, source_sha256=source_sha256,
+    )
+
+
 def write_vitdet_pth(path: str | Path, weights_path: str | Path, *, overwrite: bool = False) -> str:
     """A ``.pth`` copy of a written ``.safetensors`` backbone (same tensors, metadata); returns its sha256."""
-    path = check_output_path(path, overwrite=overwrite)
     w = read_vitdet(weights_path)
-    with atomic_path(path) as tmp:
-        torch.save({"model": w.state_dict, "metadata": w.metadata}, tmp)
-    return sha256_file(path)
+    return save_torch(path, {"model": w.state_dict, "metadata": w.metadata}, overwrite=overwrite)
 
 
 def read_vitdet(path: str | Path) -> VitdetWeights:
@@ -121,3 +137,6 @@ def parse_vitdet_metadata(path: str | Path, metadata: Mapping[str, str]) -> tupl
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
     return config, provenance
+
+
+read = read_vitdet
