@@ -25,7 +25,7 @@ from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import FAMILIES as KNOWN_FAMILIES
 from vitinit.formats import beit, dinov2, hf, mae, mocov3, random, supervised, timm_hub
-from vitinit.formats._common import Score
+from vitinit.formats._common import DECLARED, Score
 from vitinit.io.load import RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
 
@@ -58,7 +58,12 @@ def detect_family(raw: RawCheckpoint, family: str = "auto") -> tuple[str, Module
     """(family, reader module, all scores) for ``raw``; raises when nothing or more than one fits."""
     best = _scores(raw)
     table = {f: s.points for f, (s, _) in best.items()}
+    declared = {s.family for s, _ in best.values() if s.points >= DECLARED}
     if family != "auto":
+        if raw.config is not None and declared and family not in declared:
+            # A config file defines the model (an 'args' entry only describes a training run, so --from may
+            # overrule that): a --from that contradicts it is a mistake.
+            raise CheckpointFormatError(f"{raw.path}: not a {family} checkpoint ({_looks_like(best)})")
         if family in best:
             return family, best[family][1], table
         # One layout, several families (BEiT and BEiT v2 fine-tuned files): only the user can tell.

@@ -51,13 +51,22 @@ def family_of(architecture: str, tag: str) -> tuple[str | None, str]:
 
 
 def score(raw: RawCheckpoint) -> Score:
-    """DECLARED for a timm folder whose architecture belongs to a supported family."""
+    """DECLARED for a timm folder whose architecture belongs to a supported family.
+
+    A folder that declares an unsupported architecture (CLIP, EVA, DINO v1...) is refused here, by name:
+    its keys may well look like a supported family's, and the config says they are not.
+    """
     cfg = _config(raw)
     arch = cfg.get("architecture")
     if not isinstance(arch, str):
         return Score("supervised", 0)
     family, why = family_of(arch, str((cfg.get("pretrained_cfg") or {}).get("tag") or ""))
-    return Score(family, DECLARED, why) if family else Score("supervised", 0, why)
+    if family is None:
+        raise CheckpointFormatError(
+            f"{raw.path}: timm {why} is not a supported initialization (supported timm models: "
+            "vit_*/deit* (supervised, .mae), vit_*_dinov2, beit_*, beitv2_*)"
+        )
+    return Score(family, DECLARED, why)
 
 
 def num_heads_of(cfg: dict) -> tuple[int | None, str]:

@@ -1,0 +1,152 @@
+"""Newer layouts (timm hub folders, DINOv2 ± registers, BEiT v2, data2vec) and refused inputs.
+
+Each layout is written by the real model code (tests/fixtures/make_newer.py), read by auto-detection
+(``--from`` only where two families share one layout) and compared with that model on patch tokens at its
+pre-training resolution (patch 14 for DINOv2: no resampling), ≤ 1e-5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import timm
+import torch
+from fixtures import make_fixtures as mf
+from fixtures import make_newer as mn
+from fixtures.layouts import NEWER
+from fixtures.reference import backbone_features, converted_backbone
+
+from vitinit.errors import CheckpointFormatError
+from vitinit.formats import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("newer")
+    return {name: (root / c.name, c.make(root / c.name)) for name, c in NEWER.items()}
+
+
+def _read(name: str, path, **kw):
+    case = NEWER[name]
+    heads = mf.HEADS if case.needs_heads else None
+    return read_checkpoint(path, family=case.from_family or "auto", num_heads=heads, **kw)
+
+
+@pytest.mark.parametrize("name", list(NEWER))
+def test_newer_layout_is_detected_and_matches_its_source_model(made, name):
+    path, source = made[name]
+    ckpt = _read(name, path)
+    case = NEWER[name]
+    assert (ckpt.provenance.family, ckpt.provenance.format) == (case.family, case.format)
+    s = ckpt.spec
+    grid = s.pretrain_grid[0]
+    assert s.patch_size == (mn.DINO_PATCH if case.family == "dinov2" else mf.PATCH) and grid == mf.GRID
+    x = torch.randn(
+        2, 3, grid * s.patch_size, grid * s.patch_size, generator=torch.Generator().manual_seed(0)
+    )
+    reference = case.reference(source, x)
+    rel_pos = "per_block" if s.rel_pos == "per_block" else "shared"
+    for layer_scale in ("keep", "fold") if s.layer_scale else ("keep",):
+        net = converted_backbone(
+            ckpt, layer_scale=layer_scale, rel_pos=rel_pos, zero_abs_pos=not s.has_abs_pos
+        )
+        diff = (backbone_features(net, x) - reference).abs().max().item()
+        assert diff <= 1e-5, f"{name} ({layer_scale}): max |diff| {diff:.2e}"
+
+
+def test_timm_folder_names_its_family_and_head_count(made):
+    path, _ = made["timm_folder_vit"]
+    ckpt = read_checkpoint(path)  # no --num-heads: model_args.num_heads
+    assert ckpt.spec.num_heads == mf.HEADS and ckpt.provenance.family == "supervised"
+    assert any("model_args.num_heads" in n for n in ckpt.provenance.notes)
+    assert read_checkpoint(path, family="supervised").provenance.family == "supervised"
+    with pytest.raises(
+        CheckpointFormatError, match="not a mocov3 checkpoint.*architecture 'vit_base_patch16_224'"
+    ):
+        read_checkpoint(path, family="mocov3")
+    tiny = read_checkpoint(made["timm_folder_vit_default_heads"][0])  # no num_heads in model_args
+    assert tiny.spec.num_heads == 3 and any(
+        "vit_tiny_patch16_224 default" in n for n in tiny.provenance.notes
+    )
+
+
+def test_timm_folder_refuses_architectures_of_other_families(tmp_path):
+    mn.timm_folder(tmp_path / "clip", "vit_base_patch16_clip_224")
+    with pytest.raises(CheckpointFormatError, match="vit_base_patch16_clip_224"):
+        read_checkpoint(tmp_path / "clip")
+
+
+def test_hf_timm_repository_converts_by_auto_detection(tmp_path, monkeypatch):
+    """hf://timm/... resolves to timm's folder (config.json + model.safetensors), served on 127.0.0.1."""
+    from test_remote import COMMIT, _Server
+
+    from vitinit.io.remote import resolve_source
+
+    mn.timm_folder(
+        tmp_path / "src",
+        "vit_small_patch14_dinov2",
+        init_values=0.1,
+        img_size=mn.DINO_IMG,
+        patch_size=mn.DINO_PATCH,
+    )
+    files = {n: (tmp_path / "src" / n).read_bytes() for n in ("config.json", "model.safetensors")}
+
+    def routes(path: str):
+        parts = path.split("?")[0].strip("/").split("/")
+        if parts[:4] == ["api", "models", "timm", "vit_small_patch14_dinov2.lvd142m"]:
+            if len(parts) >= 6 and parts[4] == "tree":
+                tree = [
+                    {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                    for f, d in files.items()
+                ]
+                return 200, json.dumps(tree).encode(), {"Content-Type": "application/json"}
+            info = {
+                "id": "timm/vit_small_patch14_dinov2.lvd142m",
+                "sha": COMMIT,
+                "siblings": [{"rfilename": f} for f in files],
+            }
+            return 200, json.dumps(info).encode(), {"Content-Type": "application/json"}
+        if len(parts) >= 5 and parts[2] == "resolve" and "/".join(parts[4:]) in files:
+            data = files["/".join(parts[4:])]
+            return 200, data, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
+        return 404, b"", {"X-Error-Code": "EntryNotFound"}
+
+    srv = _Server(routes)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        folder = resolve_source(
+            "hf://timm/vit_small_patch14_dinov2.lvd142m", family="auto", cache_dir=tmp_path / "cache"
+        )
+    finally:
+        srv.close()
+    ckpt = read_checkpoint(folder)
+    assert ckpt.provenance.family == "dinov2" and ckpt.spec.num_heads == mf.HEADS
+    assert ckpt.spec.patch_size == 14 and ckpt.spec.layer_scale
+
+
+def test_dinov2_grid_at_518_and_dropped_tokens(tmp_path, made):
+    """The released pre-training resolution: 518 px / patch 14 = 37x37, plus one cls row."""
+    model = timm.create_model(
+        "vit_small_patch14_dinov2", pretrained=False, embed_dim=32, depth=1, num_heads=2
+    )
+    assert model.pos_embed.shape[1] == 1 + 37 * 37
+    sd = dict(model.state_dict(), mask_token=torch.zeros(1, 32), register_tokens=torch.zeros(1, 4, 32))
+    torch.save(sd, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    ckpt = read_checkpoint(tmp_path / "dinov2_vits14_reg4_pretrain.pth", num_heads=2)
+    assert ckpt.spec.pretrain_grid == (37, 37) and ckpt.spec.num_prefix_tokens == 1
+    assert {"cls_token", "mask_token", "register tokens"} <= set(ckpt.provenance.dropped)
+    assert "register" in ckpt.provenance.dropped["register tokens"]
+    assert "blocks.0.gamma_1" in ckpt.tensors  # ls1.gamma kept as layer scale
+    hf = read_checkpoint(made["dinov2_hf_reg"][0]).provenance.dropped
+    assert "embeddings.register_tokens" in hf
+
+
+def test_dinov2_giant_swiglu_is_refused(tmp_path, made):
+    sd = torch.load(made["dinov2_official"][0], weights_only=True)
+    for i in range(mf.DEPTH):
+        sd[f"blocks.{i}.mlp.w12.weight"] = sd.pop(f"blocks.{i}.mlp.fc1.weight").repeat(2, 1)
+    torch.save(sd, tmp_path / "dinov2_vitg14.pth")
+    with pytest.raises(CheckpointFormatError, match="SwiGLU"):
+        read_checkpoint(tmp_path / "dinov2_vitg14.pth", num_heads=2)
