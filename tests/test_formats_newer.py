@@ -150,3 +150,40 @@ def test_dinov2_giant_swiglu_is_refused(tmp_path, made):
     torch.save(sd, tmp_path / "dinov2_vitg14.pth")
     with pytest.raises(CheckpointFormatError, match="SwiGLU"):
         read_checkpoint(tmp_path / "dinov2_vitg14.pth", num_heads=2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Refused or mis-detected inputs (issue 13), each built at test time from a valid fixture.
+
+
+def test_integer_weights_are_refused(tmp_path):
+    mf.deit_checkpoint(tmp_path / "deit.pth")
+    sd = torch.load(tmp_path / "deit.pth", weights_only=True)["model"]
+    sd["blocks.0.attn.qkv.weight"] = (sd["blocks.0.attn.qkv.weight"] * 100).to(torch.int8)
+    torch.save({"model": sd}, tmp_path / "int8.pth")
+    before = (tmp_path / "int8.pth").read_bytes()
+    with pytest.raises(CheckpointFormatError, match=r"'blocks.0.attn.qkv.weight' has dtype int8.*floating"):
+        read_checkpoint(tmp_path / "int8.pth", num_heads=2)
+    assert (tmp_path / "int8.pth").read_bytes() == before
+    # Integer index buffers are not weights: BEiT's relative_position_index (int64) is dropped, not refused.
+    mf.beit_checkpoint(tmp_path / "beit.pth")
+    assert read_checkpoint(tmp_path / "beit.pth", num_heads=2).provenance.family == "beit"
+
+
+def test_layer_scale_under_two_names_is_refused(tmp_path):
+    mf.beit_checkpoint(tmp_path / "beit.pth")
+    sd = torch.load(tmp_path / "beit.pth", weights_only=True)["model"]
+    sd["blocks.1.ls1.gamma"] = sd["blocks.1.gamma_1"] * 2
+    torch.save({"model": sd}, tmp_path / "both.pth")
+    with pytest.raises(CheckpointFormatError, match=r"block 1 has blocks.1.gamma_1 and blocks.1.ls1.gamma"):
+        read_checkpoint(tmp_path / "both.pth", num_heads=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_mae_is_detected_as_mae(tmp_path, dtype):
+    mf.mae_checkpoint(tmp_path / "mae.pth", full=False)
+    sd = torch.load(tmp_path / "mae.pth", weights_only=False)["model"]
+    torch.save({"model": {k: v.to(dtype) for k, v in sd.items()}}, tmp_path / "mae_half.pth")
+    ckpt = read_checkpoint(tmp_path / "mae_half.pth", num_heads=2)  # no 'args': the sin-cos decides
+    assert ckpt.provenance.family == "mae"
+    assert any("sin-cos" in n for n in ckpt.provenance.notes)
