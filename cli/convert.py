@@ -40,6 +40,9 @@ def convert_cmd(
         False, "--drop-rel-pos", help="detectron2 target: drop BEiT's relative position tables."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of freshly initialized tensors."),
+    patch_size: int = typer.Option(
+        None, "--patch-size", help="Resample the patch kernel, e.g. 16 for DINOv2 / ViT-H/14 (lossy)."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Convert BEiT / MAE / MoCo v3 / supervised / random ViT weights into a detection backbone."""
@@ -63,6 +66,7 @@ def convert_cmd(
         drop_rel_pos=drop_rel_pos,
         seed=seed,
         progress=console.is_terminal,
+        patch_size=patch_size,
     )
     table = Table(
         title=f"{result.family} → {result.target} ({result.spec.variant or 'custom size'})",

@@ -24,6 +24,7 @@ from vitinit.normalize.detection import (
     detection_config,
     to_vitdet,
 )
+from vitinit.normalize.patch_size import resample_patch_size
 from vitinit.targets import TARGETS
 
 
@@ -97,6 +98,7 @@ def convert(
     drop_rel_pos: bool = False,
     seed: int = 0,
     progress: bool = False,
+    patch_size: int | None = None,
 ) -> ConvertResult:
     """Convert one checkpoint; returns where it went, its sha256 and the provenance stored with it.
 
@@ -113,6 +115,8 @@ def convert(
     ckpt = load_source(
         source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=not hash_later
     )
+    if patch_size:  # e.g. DINOv2 / MAE ViT-H 14 -> 16 (normalize.patch_size; lossy, so only on request)
+        ckpt = resample_patch_size(ckpt, patch_size)
     fam = ckpt.provenance.family
     out = Path(output) if output is not None else Path(default_output_name(fam, ckpt.spec, target, size))
     check_output_path(out, overwrite=overwrite)

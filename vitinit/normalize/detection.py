@@ -27,6 +27,7 @@ import torch
 from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, ViTSpec, block_keys
 from vitinit.errors import CheckpointFormatError, ConfigError
 from vitinit.modeling.vit import ViTBackboneConfig, backbone_state_shapes, quarter_block_indexes
+from vitinit.normalize.patch_size import resample_patch_size
 from vitinit.ops.layer_scale import fold_layer_scale
 from vitinit.ops.pos_embed import resize_abs_pos_embed
 from vitinit.ops.rel_pos import resize_rel_pos_table
@@ -46,9 +47,13 @@ def detection_config(
     global_block_indexes: tuple[int, ...] | None = None,
     rel_pos: str = "shared",
     layer_scale: str = "keep",
+    patch_size: int | None = None,
     **extra,
 ) -> ViTBackboneConfig:
-    """The paper's backbone for a source architecture (``extra`` goes to :class:`ViTBackboneConfig`)."""
+    """The paper's backbone for a source architecture (``extra`` goes to :class:`ViTBackboneConfig`).
+
+    ``patch_size`` other than the source's: :func:`to_vitdet` resamples the kernel (``normalize.patch_size``).
+    """
     if layer_scale not in LAYER_SCALE_MODES:
         raise ConfigError(f"layer_scale must be one of {LAYER_SCALE_MODES}, got {layer_scale!r}")
     if rel_pos not in REL_POS_MODES:
@@ -57,7 +62,7 @@ def detection_config(
         embed_dim=spec.embed_dim,
         depth=spec.depth,
         num_heads=spec.num_heads,
-        patch_size=spec.patch_size,
+        patch_size=patch_size or spec.patch_size,
         mlp_hidden_dim=spec.mlp_dim,
         in_chans=spec.in_chans,
         img_size=img_size,
@@ -193,6 +198,8 @@ def to_vitdet(
         raise ConfigError(f"layer_scale must be one of {LAYER_SCALE_MODES}, got {layer_scale!r}")
     if rel_pos_resize not in REL_POS_RESIZE:
         raise ConfigError(f"rel_pos_resize must be one of {REL_POS_RESIZE}, got {rel_pos_resize!r}")
+    if config.patch_size != ckpt.spec.patch_size:  # explicit option (e.g. DINOv2 14 -> 16): lossy, noted
+        ckpt = resample_patch_size(ckpt, config.patch_size)
     spec, t = ckpt.spec, ckpt.tensors
     keep_gamma = spec.layer_scale and layer_scale == "keep"
     if config.layer_scale != keep_gamma:
