@@ -187,3 +187,18 @@ def test_half_precision_mae_is_detected_as_mae(tmp_path, dtype):
     ckpt = read_checkpoint(tmp_path / "mae_half.pth", num_heads=2)  # no 'args': the sin-cos decides
     assert ckpt.provenance.family == "mae"
     assert any("sin-cos" in n for n in ckpt.provenance.notes)
+
+
+def test_registry_has_the_newer_initializations():
+    from vitinit.io import registry
+
+    for model in ("vit-s", "vit-b", "vit-l"):
+        plain, reg = registry.official_checkpoint("dinov2", model), registry.WITH_REGISTERS[("dinov2", model)]
+        letter = model[-1]
+        assert (
+            plain.url
+            == f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{letter}14/dinov2_vit{letter}14_pretrain.pth"
+        )
+        assert reg.url.endswith(f"dinov2_vit{letter}14_reg4_pretrain.pth") and not plain.has_hash
+    assert registry.official_checkpoint("beitv2", "vit-b").filename == "beitv2_base_patch16_224_pt1k.pth"
+    assert "hf://facebook/data2vec-vision-base" in registry.NOT_RELEASED[("data2vec", "vit-b")]
