@@ -202,3 +202,27 @@ def test_registry_has_the_newer_initializations():
         assert reg.url.endswith(f"dinov2_vit{letter}14_reg4_pretrain.pth") and not plain.has_hash
     assert registry.official_checkpoint("beitv2", "vit-b").filename == "beitv2_base_patch16_224_pt1k.pth"
     assert "hf://facebook/data2vec-vision-base" in registry.NOT_RELEASED[("data2vec", "vit-b")]
+
+
+def test_dinov2_recipe_resamples_the_source_to_patch_16(tmp_path):
+    """recipes/dinov2-vitb.yaml sets model.backbone.patch_size 16: the bench resamples the 14-px source."""
+    from pathlib import Path
+
+    from vitinit.recipes import load_recipe, to_plain
+
+    from vitinit.bench.weights import load_weights
+
+    mn.timm_folder(
+        tmp_path / "dinov2", "vit_small_patch14_dinov2", init_values=0.1, patch_size=14, img_size=56
+    )
+    overrides = [
+        f"weights.source={tmp_path / 'dinov2'}",
+        "model.variant=custom",
+        "model.img_size=64",
+        "model.window_size=4",
+    ]
+    recipe = to_plain(load_recipe(Path(__file__).parents[1] / "recipes" / "dinov2-vitb.yaml", overrides))
+    config, state, provenance = load_weights(recipe)
+    assert config.patch_size == 16 and state["patch_embed.proj.weight"].shape == (mf.WIDTH, 3, 16, 16)
+    assert state["pos_embed"].shape == (1, 4, 4, mf.WIDTH) and "blocks.0.gamma_1" in state
+    assert any("14 -> 16" in n for n in provenance["notes"])

@@ -14,10 +14,9 @@ import torch
 
 from vitinit.engine import distributed as du
 from vitinit.errors import ConfigError
+from vitinit.families import FAMILIES as INITS
 from vitinit.modeling.vit import ViTBackboneConfig, quarter_block_indexes
 from vitinit.variants import VIT_VARIANTS
-
-INITS = ("random", "supervised", "mocov3", "beit", "mae")
 
 
 def global_blocks(spec: Any, depth: int) -> tuple[int, ...]:
@@ -155,6 +154,7 @@ def pretrained_backbone_config(recipe: dict, spec: Any) -> ViTBackboneConfig:
         global_block_indexes=opts.pop("global_block_indexes"),
         rel_pos="shared" if rel == "none" else rel,
         layer_scale=m["layer_scale"],
+        patch_size=(m.get("backbone") or {}).get("patch_size"),  # e.g. DINOv2 14 -> 16 (resampled)
         **opts,
     )
     return config.replace(rel_pos=rel, use_abs_pos=use_abs_pos)
