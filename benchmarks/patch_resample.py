@@ -104,6 +104,7 @@ def main() -> None:
     print("| arch | depth | comparison | rel. L2 error | token cosine | pooled cosine |")
     print("|---|---|---|---|---|---|")
     for arch in args.arch:
+        torch.manual_seed(0)  # timm's init of this arch, the same whatever ran before
         ckpt = canonical(arch, args.depth)
         g16 = args.size // 16
         ref = features(ckpt, x, 14)  # original, grid S/14

@@ -226,3 +226,25 @@ def test_dinov2_recipe_resamples_the_source_to_patch_16(tmp_path):
     assert config.patch_size == 16 and state["patch_embed.proj.weight"].shape == (mf.WIDTH, 3, 16, 16)
     assert state["pos_embed"].shape == (1, 4, 4, mf.WIDTH) and "blocks.0.gamma_1" in state
     assert any("14 -> 16" in n for n in provenance["notes"])
+
+
+def test_cli_converts_a_timm_dinov2_folder_to_patch_16(made, tmp_path):
+    """`vitinit convert FOLDER --patch-size 16`: auto-detected, head count from config.json, resampled."""
+    import json as json_
+
+    from typer.testing import CliRunner
+    from vitinit_cli.main import app
+
+    from vitinit.targets.vitdet import read_vitdet
+
+    out = tmp_path / "dinov2-p16.safetensors"
+    args = ["convert", str(made["timm_folder_dinov2"][0]), "--patch-size", "16", "--size", "64"]
+    res = CliRunner().invoke(app, [*args, "--window-size", "4", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    written = read_vitdet(out)
+    prov = json_.loads(written.metadata["provenance"])
+    assert prov["family"] == "dinov2" and any("14 -> 16" in n for n in prov["notes"])
+    assert written.config.patch_size == 16
+    bad = CliRunner().invoke(app, [*args, "--from", "mocov3", "-o", str(tmp_path / "x.safetensors")])
+    assert bad.exit_code != 0 and "it looks like dinov2" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x.safetensors").exists()
