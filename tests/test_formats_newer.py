@@ -248,3 +248,31 @@ def test_cli_converts_a_timm_dinov2_folder_to_patch_16(made, tmp_path):
     bad = CliRunner().invoke(app, [*args, "--from", "mocov3", "-o", str(tmp_path / "x.safetensors")])
     assert bad.exit_code != 0 and "it looks like dinov2" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_every_reader_has_the_same_shape():
+    """Issue 11's reader protocol: FAMILIES, score(raw) -> Score, read(raw, *, model, num_heads, family)."""
+    import inspect
+
+    from vitinit.families import FAMILIES
+    from vitinit.formats import READERS, Score
+
+    for reader in READERS:
+        assert set(reader.FAMILIES) <= set(FAMILIES), reader.__name__
+        assert inspect.signature(reader.score).return_annotation in (Score, "Score")
+        params = inspect.signature(reader.read).parameters
+        assert {"model", "num_heads", "family"} <= set(params), reader.__name__
+        assert inspect.signature(reader.read).return_annotation in ("Checkpoint",), reader.__name__
+
+
+def test_args_entry_names_the_family(tmp_path):
+    """A training checkpoint's args.model is evidence before the keys (here BEiT v2's pre-training name)."""
+    import argparse
+
+    mf.beit_checkpoint(tmp_path / "beit.pth")
+    sd = torch.load(tmp_path / "beit.pth", weights_only=True)["model"]
+    args = argparse.Namespace(model="beit_base_patch16_224_8k_vocab_cls_pt")
+    torch.save({"model": sd, "args": args}, tmp_path / "beitv2_train.pth")
+    ckpt = read_checkpoint(tmp_path / "beitv2_train.pth", num_heads=2)
+    assert ckpt.provenance.family == "beitv2"
+    assert any("args.model = 'beit_base_patch16_224_8k_vocab_cls_pt'" in n for n in ckpt.provenance.notes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from vitinit.canonical import Checkpoint
 from vitinit.formats._common import (
+    DECLARED,
     Score,
     build_checkpoint,
     canonical_from_timm,
@@ -40,14 +41,25 @@ def _state_dict(raw: RawCheckpoint) -> dict:
     return sd
 
 
+def _declared_model(raw: RawCheckpoint) -> str | None:
+    """BEiT's training checkpoints keep ``args.model``: ``beit_*`` (v1), ``beit_*_cls_pt`` (v2, beit2's
+    modeling_pretrain.py names)."""
+    model = getattr(raw.tree.get("args"), "model", None)
+    return model if isinstance(model, str) and model.startswith("beit") else None
+
+
 def score(raw: RawCheckpoint) -> Score:
     """4 for a timm-layout ViT with BEiT's q/v biases or relative-position tables; 5 (BEiT v2) when the
-    v2 pre-training head's ``cls_pt_layers`` are there too."""
+    v2 pre-training head's ``cls_pt_layers`` are there too; DECLARED for ``args.model``."""
     if raw.container == "hf-folder":
         return Score(FAMILY, 0)
     sd = _state_dict(raw)
     if not is_timm_layout(sd):
         return Score(FAMILY, 0)
+    declared = _declared_model(raw)
+    if declared:
+        family = "beitv2" if "cls_pt" in declared or declared.startswith("beitv2") else FAMILY
+        return Score(family, DECLARED, f"args.model = {declared!r} in the checkpoint")
     leaves = ("q_bias", "relative_position_bias_table")
     found = sorted({leaf for k in sd for leaf in leaves if k.endswith(leaf)})
     if not found:
