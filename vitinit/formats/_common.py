@@ -11,14 +11,15 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
 from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, TensorMap, ViTSpec
 from vitinit.errors import CheckpointFormatError, SpecMismatchError
+from vitinit.formats._score import DECLARED, Score, plus  # noqa: F401  (re-exported to the readers)
 from vitinit.io.load import RawCheckpoint
 from vitinit.ops.layer_scale import fuse_qv_bias
+from vitinit.ops.pos_embed import sincos_2d
 from vitinit.ops.rel_pos import table_grid
 from vitinit.variants import check_variant
 
@@ -82,21 +83,6 @@ DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, r
 LazyMap = dict[str, LazyTensor]
 
 
-@dataclass(frozen=True)
-class Score:
-    """How well a source fits a family, and why: every reader's ``score`` returns one.
-
-    ``points``: 0 = does not fit; 1-6 = the tensor keys fit (higher = more specific keys);
-    :data:`DECLARED` = the source names its family itself (a config file, an ``args``/``arch`` entry), which
-    outranks any key score. ``evidence`` is shown to the user ("it looks like mae: ...").
-    """
-
-    family: str
-    points: int
-    evidence: str = ""
-
-
-DECLARED = 10
 
 
 def state_dict_of(
@@ -300,22 +286,6 @@ def build_checkpoint(
 # the column index, MoCo v3's the row index; the cls slot is zeros in both.
 
 
-def sincos_2d(embed_dim: int, grid: tuple[int, int], *, first_half: str = "col") -> torch.Tensor:
-    """(gh*gw, D) fixed sin-cos embedding, rows in row-major token order."""
-    if embed_dim % 4:
-        raise ValueError("sin-cos embedding needs a width divisible by 4")
-    quarter = embed_dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-
-    def half(pos: torch.Tensor) -> torch.Tensor:
-        angle = pos.flatten().double()[:, None] * omega[None]
-        return torch.cat([angle.sin(), angle.cos()], dim=1)
-
-    a, b = (cols, rows) if first_half == "col" else (rows, cols)
-    return torch.cat([half(a), half(b)], dim=1).float()
-
-
 def sincos_atol(dtype: torch.dtype) -> float:
     """Tolerance of the sin-cos check for a stored dtype: values lie in [-1, 1], so an fp16 / bf16 copy of
     the exact table is off by up to half an ulp at 1 (4.9e-4 / 3.9e-3); fp32 files match to ~1e-7."""
@@ -358,12 +328,6 @@ def score_timm_layout(sd: LazyMap, family: str) -> Score:
     if found is None and family == "supervised" and pos is not None:
         return Score(family, 2, "timm-layout keys with a learned (not sin-cos) pos_embed")
     return Score(family, 1, "timm-layout ViT keys")
-
-
-def plus(score: Score, points: int, evidence: str) -> Score:
-    """``score`` with more points and one more piece of evidence."""
-    why = f"{score.evidence}, {evidence}" if score.evidence else evidence
-    return Score(score.family, score.points + points, why)
 
 
 def check_weight_dtypes(tensors: TensorMap, fmt: str) -> None:
