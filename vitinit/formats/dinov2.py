@@ -9,6 +9,9 @@ prefix tokens, as it has no cls token). ``block_chunks > 0`` (FSDP training) nes
 timm's ports (``vit_*_patch14_dinov2``, ``vit_*_patch14_reg4_dinov2``) drop ``mask_token``; the register
 variants store ``reg_token`` and a ``pos_embed`` without prefix rows (``no_embed_class=True``).
 ViT-g uses a SwiGLU MLP (``mlp.w12``/``w3``), which the detection backbone does not have: refused.
+At another grid the embedding is resized as every family's is (plain bicubic to the exact grid, detectron2's
+``get_abs_pos``), not with DINOv2's own ``interpolate_pos_encoding`` (a scale factor offset by 0.1); the
+two agree at the pre-training grid, where the equivalence tests run.
 """
 
 from __future__ import annotations
