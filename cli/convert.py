@@ -8,6 +8,8 @@ import typer
 from rich.table import Table
 from vitinit_cli._common import console, setup_logging, user_errors
 
+from vitinit.families import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert_cmd)
@@ -20,7 +22,7 @@ def convert_cmd(
         help="Checkpoint file, transformers folder or hf://ORG/REPO\\[/FILE]; omitted: the official "
         "checkpoint of --from/--model (downloaded once into the cache).",
     ),
-    family: str = typer.Option("auto", "--from", help="auto | beit | mae | mocov3 | supervised | random"),
+    family: str = typer.Option("auto", "--from", help=" | ".join(("auto", *FAMILIES))),
     target: str = typer.Option(
         "vitdet", "--to", help="vitdet (this project's backbone) | detectron2 (ViTDet)"
     ),
