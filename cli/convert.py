@@ -8,6 +8,8 @@ import typer
 from rich.table import Table
 from vitinit_cli._common import console, setup_logging, user_errors
 
+from vitinit.families import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert_cmd)
@@ -20,7 +22,7 @@ def convert_cmd(
         help="Checkpoint file, transformers folder or hf://ORG/REPO\\[/FILE]; omitted: the official "
         "checkpoint of --from/--model (downloaded once into the cache).",
     ),
-    family: str = typer.Option("auto", "--from", help="auto | beit | mae | mocov3 | supervised | random"),
+    family: str = typer.Option("auto", "--from", help=" | ".join(("auto", *FAMILIES))),
     target: str = typer.Option(
         "vitdet", "--to", help="vitdet (this project's backbone) | detectron2 (ViTDet)"
     ),
@@ -46,6 +48,9 @@ def convert_cmd(
         False, "--drop-rel-pos", help="detectron2 target: drop BEiT's relative position tables."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of freshly initialized tensors."),
+    patch_size: int = typer.Option(
+        None, "--patch-size", help="Resample the patch kernel, e.g. 16 for DINOv2 / ViT-H/14 (lossy)."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Convert BEiT / MAE / MoCo v3 / supervised / random ViT weights into a detection backbone."""
@@ -74,6 +79,7 @@ def convert_cmd(
         drop_rel_pos=drop_rel_pos,
         seed=seed,
         progress=console.is_terminal,
+        patch_size=patch_size,
     )
     table = Table(
         title=f"{result.family} → {result.target} ({result.spec.variant or 'custom size'})",

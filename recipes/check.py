@@ -201,13 +201,14 @@ def check_recipe(tree: dict) -> None:
         missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in m.backbone]
         if m.variant == "custom" and missing:
             raise ConfigError(f"model.variant=custom needs model.backbone.{missing[0]}")
-    else:  # weights bring their size; a state dict only lacks the head count of a custom-size ViT
-        allowed = {"num_heads"} if m.variant == "custom" else set()
+    else:  # weights bring their size; the pipeline reads only a patch-size resampling and, for a custom
+        # size, the head count a state dict cannot tell
+        allowed = {"patch_size", "num_heads"} if m.variant == "custom" else {"patch_size"}
         ignored = sorted(set(m.backbone) - allowed)
         if ignored:
             raise ConfigError(
-                f"model.backbone.{ignored[0]} would be ignored: {w.init} weights bring their own size"
-                + (" (only num_heads, with model.variant=custom)" if m.variant == "custom" else "")
+                f"model.backbone.{ignored[0]} would be ignored: {w.init} weights bring their own size "
+                f"(with weights, model.backbone takes {' and '.join(sorted(allowed))})"
             )
     # The dataclasses' own checks (five anchor sizes, a known norm ...), on a stand-in backbone.
     try:

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitinit.data.synthetic import SyntheticSpec
-from vitinit.formats import FAMILIES
+from vitinit.families import FAMILIES
 from vitinit.modeling.mask_rcnn import NORMS, MaskRCNNConfig
 from vitinit.modeling.pyramid import PYRAMIDS
 from vitinit.modeling.vit import REL_POS_STYLES, ViTBackboneConfig
 from vitinit.normalize.options import LAYER_SCALE_MODES
 from vitinit.variants import VIT_VARIANTS
 
-INITS = tuple(f for f in FAMILIES if f != "auto")
+INITS = FAMILIES
 MISSING = "???"  # OmegaConf's mark of a value a child recipe must set
 
 
@@ -111,7 +111,9 @@ class Model:
 
     variant: str = knob("ViT size; custom = model.backbone gives it", choices=(*VIT_VARIANTS, "custom"))
     backbone: dict = knob(
-        "size of a custom / random-init ViT (ViTBackboneConfig fields)", free=backbone_fields
+        "a random-init ViT's size; with weights only patch_size (resampled) and a custom size's num_heads"
+        " (ViTBackboneConfig fields)",
+        free=backbone_fields,
     )
     img_size: int = knob("input side; the abs pos embedding is resized to it", min=16)
     window_size: int = knob("side of the attention windows, in tokens", min=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
-    **dict.fromkeys(("errors", "variants", "ops"), 0),
+    **dict.fromkeys(("errors", "variants", "families", "ops"), 0),
     **dict.fromkeys(("io", "canonical"), 1),
     **dict.fromkeys(("formats", "modeling", "data", "evaluation", "normalize", "recipes"), 2),
     **dict.fromkeys(("targets", "engine", "analysis"), 3),

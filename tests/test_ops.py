@@ -93,3 +93,69 @@ def test_fuse_qv_bias_puts_zeros_for_k():
     q, v = torch.randn(6), torch.randn(6)
     fused = fuse_qv_bias(q, v)
     torch.testing.assert_close(fused, torch.cat([q, torch.zeros(6), v]), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Patch-kernel resampling (FlexiViT pseudo-inverse, timm's resample_patch_embed)
+
+
+def test_patch_kernel_resampling_is_timms_helper():
+    from timm.layers import resample_patch_embed as timm_resample_patch_embed
+
+    from vitinit.ops.patch_embed import resample_patch_embed
+
+    w = torch.randn(48, 3, 14, 14, generator=torch.Generator().manual_seed(0))
+    ours = resample_patch_embed(w, (16, 16))
+    assert ours.shape == (48, 3, 16, 16)
+    assert torch.equal(ours, timm_resample_patch_embed(w, [16, 16], interpolation="bicubic", antialias=True))
+    assert resample_patch_embed(w, (14, 14)) is w
+    # Not a plain resize of the kernel: that would scale the response by the area ratio and blur it.
+    plain = torch.nn.functional.interpolate(w, size=(16, 16), mode="bicubic")
+    assert (ours - plain).abs().max() > 0.1
+
+
+def test_resampled_kernel_sees_a_resized_patch_as_the_old_kernel_saw_the_patch():
+    """<B x, pinv(Bᵀ) w> = <x, w>: exact for upsampling (B has full column rank), up to float32 rounding."""
+    from vitinit.ops.patch_embed import resample_patch_embed, resize_patches
+
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(32, 3, 14, 14, generator=g), torch.rand(8, 3, 14, 14, generator=g)
+    old = torch.nn.functional.conv2d(x, w).flatten(1)
+    w16 = resample_patch_embed(w, (16, 16))
+    new = torch.nn.functional.conv2d(resize_patches(x, (16, 16)), w16).flatten(1)
+    assert (new - old).abs().max() <= 1e-4 * old.abs().max()
+
+
+def test_patch_size_change_resizes_the_position_embedding_to_the_same_image():
+    """MAE ViT-H/14's case at 224 px: grid 16x16 (patch 14) -> 14x14 (patch 16), cls row kept for later."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitinit.canonical import LazyTensor, validate
+    from vitinit.formats._common import build_checkpoint, canonical_from_timm
+    from vitinit.normalize.detection import detection_config, to_vitdet
+    from vitinit.normalize.patch_size import resample_patch_size
+    from vitinit.ops.patch_embed import resample_patch_embed
+
+    vit = VisionTransformer(img_size=224, patch_size=14, embed_dim=32, depth=1, num_heads=2, num_classes=0)
+    sd = {k: LazyTensor.of(v.detach()) for k, v in vit.state_dict().items()}
+
+    tensors, dropped = canonical_from_timm(sd, fmt="test")
+    ckpt = build_checkpoint(tensors, dropped, family="mae", fmt="test", source="-", model=None, num_heads=2)
+    assert ckpt.spec.pretrain_grid == (16, 16)
+    out = resample_patch_size(ckpt, 16)
+    validate(out)
+    assert (out.spec.patch_size, out.spec.pretrain_grid) == (16, (14, 14))
+    pos = out.tensors["pos_embed"].load()
+    assert pos.shape == (1, 1 + 14 * 14, 32) and torch.equal(pos[:, :1], vit.pos_embed[:, :1].detach())
+    grid = resize_abs_pos_embed(vit.pos_embed.detach(), (16, 16), (14, 14), num_prefix_tokens=1)
+    assert torch.equal(pos[:, 1:], grid.flatten(1, 2))
+    kernel = out.tensors["patch_embed.proj.weight"].load()
+    assert torch.equal(kernel, resample_patch_embed(vit.patch_embed.proj.weight.detach(), (16, 16)))
+    assert any("not function-preserving" in n for n in out.provenance.notes)
+    assert not any("resampled" in n for n in ckpt.provenance.notes)  # the input is not mutated
+    # The detection path: a patch-16 backbone config from the patch-14 source resamples on its own.
+    cfg = detection_config(ckpt.spec, img_size=1024, patch_size=16)
+    state, prov = to_vitdet(ckpt, cfg)
+    assert state["patch_embed.proj.weight"].shape == (32, 3, 16, 16)
+    assert state["pos_embed"].shape == (1, 64, 64, 32)
+    assert torch.equal(state["patch_embed.proj.weight"].load(), kernel)

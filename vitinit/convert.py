@@ -27,6 +27,7 @@ from vitinit.normalize.options import (
     Normalized,
     NormalizeOptions,
 )
+from vitinit.normalize.patch_size import resample_patch_size
 from vitinit.targets import TARGETS
 from vitinit.targets.vitdet import write_vitdet_pth
 
@@ -108,8 +109,11 @@ def normalize_source(
         source, family=family, model=model, num_heads=num_heads, seed=options.seed, hash_source=hash_source,
         progress=progress,
     )
-    # Canonical → canonical steps that change the architecture (patch-embedding resampling) go here,
-    # before the target's layout, so that every target gets them.
+    # Canonical → canonical steps that change the architecture go here, before the target's layout, so
+    # that every target gets them: patch-embedding resampling (e.g. DINOv2 / MAE ViT-H 14 -> 16; lossy, so
+    # only on request).
+    if options.patch_size and options.patch_size != ckpt.spec.patch_size:
+        ckpt = resample_patch_size(ckpt, options.patch_size)
     return TARGETS[target].normalize(ckpt, options)
 
 
@@ -132,6 +136,7 @@ def convert(
     drop_rel_pos: bool = False,
     seed: int = 0,
     progress: bool = False,
+    patch_size: int | None = None,
 ) -> ConvertResult:
     """Convert one checkpoint; returns where it went, its sha256 and the provenance stored with it.
 
@@ -145,7 +150,8 @@ def convert(
     )
     options = NormalizeOptions(
         img_size=size, window_size=window_size, abs_pos=abs_pos, rel_pos=rel_pos,
-        rel_pos_resize=rel_pos_resize, layer_scale=layer_scale, drop_rel_pos=drop_rel_pos, seed=seed,
+        rel_pos_resize=rel_pos_resize, layer_scale=layer_scale, drop_rel_pos=drop_rel_pos,
+        patch_size=patch_size, seed=seed,
     )
     if output is not None:  # claim the path before reading a multi-GB source
         check_output_path(output, overwrite=overwrite)

@@ -14,7 +14,7 @@ import torch
 
 from vitinit.engine import distributed as du
 from vitinit.errors import ConfigError
-from vitinit.formats import FAMILIES
+from vitinit.families import FAMILIES
 from vitinit.modeling.vit import ViTBackboneConfig, init_pos_embed_
 from vitinit.normalize.lazy import random_pos_embed, zeros
 from vitinit.normalize.options import GLOBAL_BLOCKS, NormalizeOptions
@@ -118,6 +118,8 @@ def normalize_options(recipe: dict) -> NormalizeOptions:
         rel_pos="none" if m["pos_rel"] == "none" else m["rel_pos"],
         rel_pos_init="zero" if m["pos_rel"] == "zero" else "source",
         layer_scale=m["layer_scale"],
+        # A source patch size other than this one is resampled (e.g. DINOv2 14 -> 16; normalize.patch_size).
+        patch_size=(m.get("backbone") or {}).get("patch_size"),
         seed=recipe["weights"]["seed"],
     )
 

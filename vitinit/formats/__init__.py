@@ -1,58 +1,95 @@
 """Readers: every supported checkpoint family → one canonical :class:`~vitinit.canonical.Checkpoint`.
 
-Each family module scores how well a file's keys fit it (``score``) and reads it (``read``). Auto-detection
-takes the single best score; no match, or a tie between families, is an error that asks for ``--from``.
-An explicit family wins over the scores, but its reader must still recognize the file.
+Every reader module has the same shape (issue 11's reader protocol):
+
+- ``FAMILIES``: the families it can produce (a family module: its own; a layout reader such as
+  :mod:`~vitinit.formats.hf` or :mod:`~vitinit.formats.timm_hub`: several);
+- ``score(raw) -> Score``: how well the source fits, for which family, and the evidence;
+- ``read(raw, *, model=None, num_heads=None, family=None) -> Checkpoint``;
+- optionally ``SHARED_LAYOUT``: families whose files it cannot tell apart (``--from`` may name any).
+
+Auto-detection uses every signal a source carries before the keys: a config file (transformers'
+``model_type``, timm's ``architecture``) or an ``args``/``arch`` entry naming the family scores
+``DECLARED``, above any key score. Otherwise the single best key score wins; no match, or a tie between
+families, is an error that asks for ``--from``. An explicit family wins over the scores, but a reader that can
+produce it must still recognize the file; "it looks like X" names what was seen.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 
 from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats import beit, hf, mae, mocov3, random, supervised
+from vitinit.families import FAMILIES as KNOWN_FAMILIES
+from vitinit.formats import beit, dinov2, hf, mae, mocov3, random, supervised, timm_hub
+from vitinit.formats._common import DECLARED, Score
 from vitinit.io.load import RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("auto", "beit", "mae", "mocov3", "supervised", "random")
-READERS = (hf, beit, mae, mocov3, supervised)
+FAMILIES = ("auto", *KNOWN_FAMILIES)
+READERS: tuple[ModuleType, ...] = (timm_hub, hf, dinov2, beit, mae, mocov3, supervised)
 
-__all__ = ["FAMILIES", "detect_family", "read_checkpoint"]
+__all__ = ["FAMILIES", "READERS", "Score", "detect_family", "read_checkpoint"]
 
 
-def detect_family(raw: RawCheckpoint, family: str = "auto") -> tuple[str, object, dict[str, int]]:
-    """(family, reader module, all scores) for ``raw``; raises when nothing or more than one fits."""
-    scores: dict[str, tuple[int, object]] = {}
+def _scores(raw: RawCheckpoint) -> dict[str, tuple[Score, ModuleType]]:
+    """The best score per family, with the reader that gave it."""
+    best: dict[str, tuple[Score, ModuleType]] = {}
     for reader in READERS:
-        fam, s = reader.score(raw)
-        if s > scores.get(fam, (0, None))[0]:
-            scores[fam] = (s, reader)
-    table = {f: s for f, (s, _) in scores.items() if s > 0}
+        s = reader.score(raw)
+        if s.points > 0 and s.points > best.get(s.family, (Score(s.family, 0), None))[0].points:
+            best[s.family] = (s, reader)
+    return best
+
+
+def _looks_like(best: dict[str, tuple[Score, ModuleType]]) -> str:
+    if not best:
+        return "no known layout matches"
+    s = max((s for s, _ in best.values()), key=lambda s: s.points)
+    return f"it looks like {s.family}: {s.evidence}" if s.evidence else f"it looks like {s.family}"
+
+
+def detect_family(raw: RawCheckpoint, family: str = "auto") -> tuple[str, ModuleType, dict[str, int]]:
+    """(family, reader module, all scores) for ``raw``; raises when nothing or more than one fits."""
+    best = _scores(raw)
+    table = {f: s.points for f, (s, _) in best.items()}
+    declared = {s.family for s, _ in best.values() if s.points >= DECLARED}
     if family != "auto":
-        if family not in table:
-            seen = f"it looks like {_best(table)}" if table else "no known layout matches"
-            raise CheckpointFormatError(f"{raw.path}: not a {family} checkpoint ({seen})")
-        return family, scores[family][1], table
+        if raw.config is not None and declared and family not in declared:
+            # A config file defines the model (an 'args' entry only describes a training run, so --from may
+            # overrule that): a --from that contradicts it is a mistake.
+            raise CheckpointFormatError(f"{raw.path}: not a {family} checkpoint ({_looks_like(best)})")
+        if family in best:
+            return family, best[family][1], table
+        # One layout, several families (BEiT and BEiT v2 fine-tuned files): only the user can tell.
+        able = [(s, r) for s, r in best.values() if family in getattr(r, "SHARED_LAYOUT", ())]
+        if able:
+            return family, max(able, key=lambda sr: sr[0].points)[1], table
+        raise CheckpointFormatError(f"{raw.path}: not a {family} checkpoint ({_looks_like(best)})")
     if not table:
         keys = ", ".join(list(raw.tree)[:5]) or "none"
         raise CheckpointFormatError(
             f"{raw.path}: unknown checkpoint format (top-level keys: {keys}); pass --from to choose a reader"
         )
     top = max(table.values())
-    best = sorted(f for f, s in table.items() if s == top)
-    if len(best) > 1:
+    tied = sorted(f for f, s in table.items() if s == top)
+    if len(tied) > 1:
+        why = "; ".join(f"{f}: {best[f][0].evidence}" for f in tied if best[f][0].evidence)
         raise CheckpointFormatError(
-            f"{raw.path}: ambiguous format, fits {' and '.join(best)} equally; pass --from to choose"
+            f"{raw.path}: ambiguous format, fits {' and '.join(tied)} equally ({why}); pass --from to choose"
         )
-    return best[0], scores[best[0]][1], table
+    return tied[0], best[tied[0]][1], table
 
 
-def _best(table: dict[str, int]) -> str:
-    return max(table, key=table.get)
+def evidence(raw: RawCheckpoint, family: str) -> str:
+    """What made ``family`` fit ``raw`` (empty when it does not)."""
+    s = _scores(raw).get(family)
+    return s[0].evidence if s else ""
 
 
 def read_checkpoint(
@@ -69,7 +106,7 @@ def read_checkpoint(
     Args:
         source: a local path (remote sources are resolved before, by ``vitinit.io.remote``); None only
             for ``family="random"``.
-        family: one of :data:`FAMILIES`; ``auto`` detects it from the keys.
+        family: one of :data:`FAMILIES`; ``auto`` detects it (config files first, then the keys).
         model: expected size (``vit-b``...); an error when the shapes say otherwise.
         num_heads: head count for custom sizes (it cannot be read from the weights).
         seed: seed of the random initialization.
@@ -93,20 +130,23 @@ def read_checkpoint(
     raw = open_checkpoint(source)
     fam, reader, table = detect_family(raw, family)
     logger.info("%s: read as %s (scores %s)", source, fam, table)
-    ckpt = reader.read(raw, model=model, num_heads=num_heads)
+    ckpt = reader.read(raw, model=model, num_heads=num_heads, family=fam)
     if ckpt.provenance.family != fam:
         raise CheckpointFormatError(f"{source}: holds a {ckpt.provenance.family} model, not {fam}")
     if hash_source:
         ckpt.provenance.sha256 = source_sha256(raw.path)
+    why = evidence(raw, fam)
     ckpt.provenance.notes.append(
-        f"detected as {fam} (scores: {table})" if family == "auto" else f"--from {fam}"
+        (f"detected as {fam} (scores: {table}" + (f"; {why})" if why else ")"))
+        if family == "auto"
+        else f"--from {fam}"
     )
     validate(ckpt)
     return ckpt
 
 
 def source_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint file, or of the weights file of a transformers folder."""
+    """sha256 of a checkpoint file, or of the weights file of a transformers / timm folder."""
     path = Path(path)
     if path.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):

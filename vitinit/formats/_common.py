@@ -16,8 +16,10 @@ import torch
 
 from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, TensorMap, ViTSpec
 from vitinit.errors import CheckpointFormatError, SpecMismatchError
+from vitinit.formats._score import DECLARED, Score, plus  # noqa: F401  (re-exported to the readers)
 from vitinit.io.load import RawCheckpoint
 from vitinit.ops.layer_scale import fuse_qv_bias
+from vitinit.ops.pos_embed import sincos_2d
 from vitinit.ops.rel_pos import table_grid
 from vitinit.variants import check_variant
 
@@ -59,6 +61,7 @@ WHY_DROPPED = {
     "mask_token": "only used by masked-image-modeling pre-training",
     "decoder": "MAE decoder: only used in pre-training",
     "final_norm": "final norm: the detection backbone (as ViTDet) has none",
+    "registers": "DINOv2 register tokens: prefix tokens, which the detection backbone has none of",
 }
 
 # Keys that are not part of a detection backbone, with the reason recorded in provenance.
@@ -68,6 +71,7 @@ DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, r
     (r"^cls_token$", "cls_token", WHY_DROPPED["cls_token"]),
     (r"^dist_token$", "dist_token", "DeiT distillation token: no detection use"),
     (r"^mask_token$", "mask_token", WHY_DROPPED["mask_token"]),
+    (r"^(reg_token|register_tokens)$", "register tokens", WHY_DROPPED["registers"]),
     (r"^decoder_", "decoder_*", WHY_DROPPED["decoder"]),
     (r"^lm_head\.", "lm_head.*", "BEiT masked-image-modeling head"),
     (r"^cls_pt_layers\.", "cls_pt_layers.*", "BEiT v2 pre-training-only blocks"),
@@ -77,6 +81,8 @@ DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, r
 ]
 
 LazyMap = dict[str, LazyTensor]
+
+
 
 
 def state_dict_of(
@@ -140,7 +146,12 @@ def canonical_from_timm(sd: LazyMap, *, fmt: str) -> tuple[TensorMap, dict[str, 
                 qv.setdefault(i, {})[leaf[5]] = t
                 continue
             if leaf in _BLOCK_LEAVES:
-                out[f"blocks.{i}.{leaf}"] = t
+                name = f"blocks.{i}.{leaf}"
+                if name in out:  # e.g. gamma_1 and ls1.gamma: which one the model used is unknowable
+                    spelled = [k for k in sd if BLOCK_RE.match(k) and _alias_of(k) == name]
+                    raise CheckpointFormatError(f"{fmt}: block {i} has {' and '.join(spelled)}: the same "
+                                                "tensor under two names; refusing to pick one")
+                out[name] = t
                 continue
         elif key in _TOP_LEVEL:
             out[key] = t
@@ -160,6 +171,11 @@ def canonical_from_timm(sd: LazyMap, *, fmt: str) -> tuple[TensorMap, dict[str, 
             raise CheckpointFormatError(f"{fmt}: block {i} has both attn.qkv.bias and attn.q_bias/v_bias")
         out[f"blocks.{i}.attn.qkv.bias"] = fuse_lazy_qv(pair["q"], pair["v"])
     return out, dropped
+
+
+def _alias_of(key: str) -> str:
+    m = BLOCK_RE.match(key)
+    return f"blocks.{m.group(1)}.{_LEAF_ALIASES.get(m.group(2), m.group(2))}" if m else key
 
 
 def fuse_lazy_qv(q: LazyTensor, v: LazyTensor) -> LazyTensor:
@@ -257,6 +273,7 @@ def build_checkpoint(
     notes: list[str] | None = None,
     **spec_hints,
 ) -> Checkpoint:
+    check_weight_dtypes(tensors, fmt)
     spec = infer_spec(tensors, fmt=fmt, model=model, num_heads=num_heads, **spec_hints)
     prov = Provenance(family=family, format=fmt, source=source, dropped=dropped, notes=list(notes or []))
     return Checkpoint(spec, tensors, prov)
@@ -269,30 +286,24 @@ def build_checkpoint(
 # the column index, MoCo v3's the row index; the cls slot is zeros in both.
 
 
-def sincos_2d(embed_dim: int, grid: tuple[int, int], *, first_half: str = "col") -> torch.Tensor:
-    """(gh*gw, D) fixed sin-cos embedding, rows in row-major token order."""
-    if embed_dim % 4:
-        raise ValueError("sin-cos embedding needs a width divisible by 4")
-    quarter = embed_dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-
-    def half(pos: torch.Tensor) -> torch.Tensor:
-        angle = pos.flatten().double()[:, None] * omega[None]
-        return torch.cat([angle.sin(), angle.cos()], dim=1)
-
-    a, b = (cols, rows) if first_half == "col" else (rows, cols)
-    return torch.cat([half(a), half(b)], dim=1).float()
+def sincos_atol(dtype: torch.dtype) -> float:
+    """Tolerance of the sin-cos check for a stored dtype: values lie in [-1, 1], so an fp16 / bf16 copy of
+    the exact table is off by up to half an ulp at 1 (4.9e-4 / 3.9e-3); fp32 files match to ~1e-7."""
+    return max(1e-4, torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
 
 
-def sincos_family(pos_embed: LazyTensor, atol: float = 1e-4) -> str | None:
-    """ "mae" or "mocov3" when the stored (1, 1+N, D) embedding is that family's frozen sin-cos, else None."""
-    if len(pos_embed.shape) != 3 or pos_embed.shape[2] % 4:
+def sincos_family(pos_embed: LazyTensor, atol: float | None = None) -> str | None:
+    """ "mae" or "mocov3" when the stored (1, 1+N, D) embedding is that family's frozen sin-cos, else None.
+
+    ``atol`` defaults to :func:`sincos_atol` of the stored dtype, so half-precision copies are recognized.
+    """
+    if len(pos_embed.shape) != 3 or pos_embed.shape[2] % 4 or not pos_embed.dtype.is_floating_point:
         return None
     try:
         prefix, grid = prefix_and_grid(pos_embed.shape[1], 1)
     except CheckpointFormatError:
         return None
+    atol = sincos_atol(pos_embed.dtype) if atol is None else atol
     pos = pos_embed.load()[0].float()
     if pos[:prefix].abs().max() > atol:
         return None
@@ -302,17 +313,29 @@ def sincos_family(pos_embed: LazyTensor, atol: float = 1e-4) -> str | None:
     return None
 
 
-def score_timm_layout(sd: LazyMap, family: str) -> int:
+_SINCOS_NAMES = {"mae": "MAE's", "mocov3": "MoCo v3's"}
+
+
+def score_timm_layout(sd: LazyMap, family: str) -> Score:
     """Shared scoring of plain timm-layout files: 1 for the layout, +2 when the sin-cos matches ``family``,
     +1 when the embedding is learned (not any known sin-cos) and ``family`` is supervised."""
     if not is_timm_layout(sd):
-        return 0
-    score = 1
+        return Score(family, 0)
     pos = sd.get("pos_embed")
     found = sincos_family(pos) if pos is not None else None
     if found == family:
-        score += 2
-    elif found is None and family == "supervised" and pos is not None:
-        score += 1
-    return score
+        return Score(family, 3, f"timm-layout keys with {_SINCOS_NAMES[found]} fixed 2-D sin-cos pos_embed")
+    if found is None and family == "supervised" and pos is not None:
+        return Score(family, 2, "timm-layout keys with a learned (not sin-cos) pos_embed")
+    return Score(family, 1, "timm-layout ViT keys")
 
+
+def check_weight_dtypes(tensors: TensorMap, fmt: str) -> None:
+    """Refuse integer / bool weights: a quantized (e.g. int8) checkpoint cast to float would be garbage.
+    Index buffers (``relative_position_index``, BatchNorm counters) are dropped before this check."""
+    for name, t in tensors.items():
+        if not t.dtype.is_floating_point:
+            raise CheckpointFormatError(
+                f"{fmt}: tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}; only "
+                "floating-point weights can be converted (quantized checkpoints are not supported)"
+            )

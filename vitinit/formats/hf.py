@@ -1,10 +1,13 @@
-"""Hugging Face transformers folders: ViT, ViTMAE and BEiT (``config.json`` + weights).
+"""Hugging Face transformers folders (``config.json`` + weights): ViT, ViTMAE, BEiT, data2vec-vision, DINOv2.
 
 Files on the hub use the legacy module names (``encoder.layer.{i}.attention.attention.query``...);
 transformers 5.x renames modules in memory (``layers.{i}.attention.q_proj``...) and maps the names on load
 and save. Both spellings are accepted here. Separate q/k/v projections are fused (rows q, k, v, as the
 timm→HF converters split them); BEiT's key projection has no bias (zeros). The head count and the norm
 epsilon come from config.json (HF's default eps is 1e-12, not the 1e-6 of the original releases).
+``Data2VecVision*`` copies BEiT's module names (transformers' modular data2vec-vision); ``Dinov2*`` names
+its norms ``norm1``/``norm2``, its MLP ``mlp.fc1``/``fc2`` and its layer scale ``layer_scale{1,2}.lambda1``;
+``Dinov2WithRegisters`` adds ``embeddings.register_tokens`` (dropped, recorded).
 """
 
 from __future__ import annotations
@@ -13,12 +16,28 @@ import re
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats._common import WHY_DROPPED, build_checkpoint, concat_rows, drop_reason, record_dropped
+from vitinit.formats._common import (
+    DECLARED,
+    WHY_DROPPED,
+    Score,
+    build_checkpoint,
+    concat_rows,
+    drop_reason,
+    record_dropped,
+)
 from vitinit.io.load import RawCheckpoint
 
 # config.json "model_type" → (family, format)
-MODEL_TYPES = {"vit": ("supervised", "hf/vit"), "vit_mae": ("mae", "hf/vit_mae"), "beit": ("beit", "hf/beit")}
-_ROOTS = ("vit.", "beit.", "model.")
+MODEL_TYPES = {
+    "vit": ("supervised", "hf/vit"),
+    "vit_mae": ("mae", "hf/vit_mae"),
+    "beit": ("beit", "hf/beit"),
+    "data2vec-vision": ("data2vec", "hf/data2vec-vision"),
+    "dinov2": ("dinov2", "hf/dinov2"),
+    "dinov2_with_registers": ("dinov2", "hf/dinov2_with_registers"),
+}
+FAMILIES = tuple(dict.fromkeys(family for family, _ in MODEL_TYPES.values()))
+_ROOTS = ("vit.", "beit.", "data2vec_vision.", "dinov2.", "model.")
 
 # (regex on the name without the root prefix, canonical name); {i} is the block index.
 _RENAMES: list[tuple[str, str]] = [
@@ -51,6 +70,7 @@ _RENAMES: list[tuple[str, str]] = [
     ),
     (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", "blocks.{0}.norm1.{1}"),
     (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", "blocks.{0}.norm2.{1}"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.norm([12])\.(weight|bias)", "blocks.{0}.norm{1}.{2}"),  # DINOv2
     (
         r"(?:encoder\.layer|layers)\.(\d+)\.(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)",
         "blocks.{0}.mlp.fc1.{1}",
@@ -60,11 +80,13 @@ _RENAMES: list[tuple[str, str]] = [
         "blocks.{0}.mlp.fc2.{1}",
     ),
     (r"(?:encoder\.layer|layers)\.(\d+)\.lambda_([12])", "blocks.{0}.gamma_{1}"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layer_scale([12])\.lambda1", "blocks.{0}.gamma_{1}"),  # DINOv2
 ]
 _DROPS: list[tuple[str, str, str]] = [
     (r"(^|\.)relative_position_index$", "*.relative_position_index", WHY_DROPPED["rel_index"]),
     (r"^embeddings\.cls_token$", "embeddings.cls_token", WHY_DROPPED["cls_token"]),
     (r"^embeddings\.mask_token$", "embeddings.mask_token", WHY_DROPPED["mask_token"]),
+    (r"^embeddings\.register_tokens$", "embeddings.register_tokens", WHY_DROPPED["registers"]),
     (r"^decoder\.", "decoder.*", WHY_DROPPED["decoder"]),
     (r"^layernorm\.", "layernorm.*", WHY_DROPPED["final_norm"]),
     (r"^pooler\.", "pooler.*", "classifier pooling"),
@@ -76,10 +98,13 @@ def _model_type(raw: RawCheckpoint) -> str | None:
     return (raw.config or {}).get("model_type") if raw.container == "hf-folder" else None
 
 
-def score(raw: RawCheckpoint) -> tuple[str, int]:
-    """6 for a transformers folder whose config.json names a supported model type."""
-    family, _ = MODEL_TYPES.get(_model_type(raw), (None, None))
-    return (family or "supervised"), 6 if family else 0
+def score(raw: RawCheckpoint) -> Score:
+    """DECLARED for a transformers folder whose config.json names a supported model type."""
+    model_type = _model_type(raw)
+    family, _ = MODEL_TYPES.get(model_type, (None, None))
+    if family is None:
+        return Score("supervised", 0)
+    return Score(family, DECLARED, f"config.json model_type {model_type!r}")
 
 
 def _strip_root(key: str) -> str:
@@ -124,7 +149,9 @@ def _canonical(sd: dict[str, LazyTensor], fmt: str) -> tuple[TensorMap, dict[str
     return out, dropped
 
 
-def read(raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None) -> Checkpoint:
+def read(
+    raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None, family: str | None = None
+) -> Checkpoint:
     model_type = _model_type(raw)
     if model_type not in MODEL_TYPES:
         raise CheckpointFormatError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from vitinit.canonical import Checkpoint
 from vitinit.formats._common import (
+    Score,
     build_checkpoint,
     canonical_from_timm,
     record_dropped,
@@ -21,6 +22,7 @@ from vitinit.formats._common import (
 from vitinit.io.load import RawCheckpoint
 
 FAMILY = "mocov3"
+FAMILIES = (FAMILY,)
 ARCH_HEADS = {"vit_small": 12, "vit_base": 12, "vit_large": 16}
 WIDTH_HEADS = {384: 12, 768: 12, 1024: 16}  # vits.py: vit_small / vit_base / vit_large
 _DROPPED_PREFIXES = {
@@ -37,16 +39,22 @@ def _encoder_prefix(sd: dict) -> str | None:
     return None
 
 
-def score(raw: RawCheckpoint) -> tuple[str, int]:
+def score(raw: RawCheckpoint) -> Score:
     """5 for a raw training checkpoint (base/momentum encoders); else the sin-cos score of a converted one."""
     sd = state_dict_of(raw, ("state_dict", "model"))
     prefix = _encoder_prefix(sd)
     if prefix:
-        return FAMILY, 5 if score_timm_layout(strip_prefix(sd, prefix), FAMILY) else 0
-    return FAMILY, score_timm_layout(sd, FAMILY)
+        if not score_timm_layout(strip_prefix(sd, prefix), FAMILY).points:
+            return Score(FAMILY, 0)
+        arch = raw.tree.get("arch")
+        named = f", arch {arch!r}" if isinstance(arch, str) else ""
+        return Score(FAMILY, 5, f"MoCo v3 {prefix}* and momentum_encoder keys{named}")
+    return score_timm_layout(sd, FAMILY)
 
 
-def read(raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None) -> Checkpoint:
+def read(
+    raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None, family: str | None = None
+) -> Checkpoint:
     sd = state_dict_of(raw, ("state_dict", "model"))
     prefix = _encoder_prefix(sd)
     dropped: dict[str, str] = {}

@@ -55,8 +55,8 @@ class RawCheckpoint:
 
     path: Path
     tree: dict[str, Any]
-    container: str  # "torch-zip", "torch-legacy", "safetensors", "hf-folder"
-    config: dict | None = None  # config.json of a Hugging Face folder
+    container: str  # "torch-zip", "torch-legacy", "safetensors", "hf-folder", "timm-folder"
+    config: dict | None = None  # config.json of a Hugging Face (transformers or timm) folder
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors header metadata
 
     def tensors(self, prefix: str = "") -> dict[str, LazyTensor]:
@@ -108,13 +108,19 @@ def open_checkpoint(path: str | Path) -> RawCheckpoint:
 
 
 def _open_hf_folder(path: Path) -> RawCheckpoint:
+    """A transformers folder ("hf-folder") or a timm one ("timm-folder": its config.json names an
+    ``architecture`` and has no ``model_type``); ``config`` carries the config.json to the readers."""
     if not (path / "config.json").is_file():
         raise CheckpointFormatError(f"{path}: a folder source must hold a Hugging Face config.json")
     config = read_json(path / "config.json", error=CheckpointFormatError, what="Hugging Face config")
+    if not isinstance(config, dict):
+        raise CheckpointFormatError(f"{path}: config.json is not a JSON object")
+    timm = "architecture" in config and "model_type" not in config
     for name in WEIGHT_FILE_NAMES:
         if (path / name).is_file():
             inner = open_checkpoint(path / name)
-            return RawCheckpoint(path, inner.tree, "hf-folder", config=config, metadata=inner.metadata)
+            kind = "timm-folder" if timm else "hf-folder"
+            return RawCheckpoint(path, inner.tree, kind, config=config, metadata=inner.metadata)
     raise CheckpointFormatError(f"{path}: no {' or '.join(WEIGHT_FILE_NAMES)} beside config.json")
 
 

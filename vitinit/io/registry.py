@@ -15,6 +15,15 @@ What the paper (Li et al. 2021) used, and what differs here:
 - MoCo v3: only ViT-S and ViT-B were released; the paper's ViT-L was trained by the authors (no entry).
 - Supervised: DeiT ViT-B (ImageNet-1k) as the paper. DeiT has no ViT-L; the ViT-L entry is DeiT III's
   ImageNet-1k model, which has layer scale (``blocks.i.ls1.gamma``/``ls2.gamma``), unlike the paper's.
+
+Newer initializations (not in the paper):
+- DINOv2 (facebookresearch/dinov2 README, "Pretrained models"): ``dinov2_vit{s,b,l,g}14_pretrain.pth`` and
+  the register variants ``*_reg4_pretrain.pth`` (:data:`WITH_REGISTERS`), bare ``DinoVisionTransformer``
+  state dicts at 518 px; no size or hash published. ViT-g has a SwiGLU MLP the backbone lacks (no entry).
+- BEiT v2 (microsoft/unilm beit2/README.md): the self-supervised ImageNet-1k files ``*_pt1k.pth`` (the
+  README *recommends* ``*_pt1k_ft21k``, which is then fine-tuned with labels: not a self-supervised init).
+- data2vec-vision: released on the Hugging Face hub only, in the transformers layout
+  (``facebook/data2vec-vision-{base,large}``, self-supervised, no fine-tuning): see :data:`HUB_ONLY`.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ _BEIT = "microsoft/unilm beit/README.md"
 _MOCO = "facebookresearch/moco-v3 CONFIG.md"
 _DEIT = "facebookresearch/deit README_deit.md"
 _DEIT3 = "facebookresearch/deit README_revenge.md"
+_DINOV2 = "facebookresearch/dinov2 README.md"
+_BEIT2 = "microsoft/unilm beit2/README.md"
 _FB = "https://dl.fbaipublicfiles.com"
 # unilm.blob.core.windows.net is the README's host; timm and later unilm READMEs link the same files on
 # conversationhub.blob.core.windows.net/beit-share-public (a read-only container link, tried second).
@@ -74,6 +85,26 @@ def _mae(model: str, size_name: str, md5_prefix: str) -> OfficialCheckpoint:
     return OfficialCheckpoint(
         "mae", model, (f"{_FB}/mae/pretrain/{filename}",), filename, _MAE, md5_prefix=md5_prefix,
         note="encoder only (facebookresearch/mae#8)",
+    )
+
+
+def _dinov2(model: str, letter: str, registers: bool = False) -> OfficialCheckpoint:
+    stem = f"dinov2_vit{letter}14"
+    filename = f"{stem}{'_reg4' if registers else ''}_pretrain.pth"
+    size_name = {"s": "small", "b": "base", "l": "large"}[letter]
+    return OfficialCheckpoint(
+        "dinov2", model, (f"{_FB}/dinov2/{stem}/{filename}",), filename, _DINOV2,
+        hf_repo=f"facebook/dinov2{'-with-registers' if registers else ''}-{size_name}",
+        note="LVD-142M, 518 px, patch 14" + (", 4 register tokens (dropped)" if registers else ""),
+    )
+
+
+def _beitv2(model: str, size_name: str) -> OfficialCheckpoint:
+    filename = f"beitv2_{size_name}_patch16_224_pt1k.pth"
+    url = f"https://conversationhub.blob.core.windows.net/beit-share-public/beitv2/{filename}"
+    return OfficialCheckpoint(
+        "beitv2", model, (url,), filename, _BEIT2,
+        note="self-supervised on ImageNet-1k (the README recommends *_pt1k_ft21k, label-fine-tuned)",
     )
 
 
@@ -106,13 +137,33 @@ OFFICIAL_CHECKPOINTS: dict[tuple[str, str], OfficialCheckpoint] = {
             "supervised", "vit-l", (f"{_FB}/deit/deit_3_large_224_1k.pth",), "deit_3_large_224_1k.pth",
             _DEIT3, note="DeiT III ViT-L, ImageNet-1k; has layer scale (DeiT released no ViT-L)",
         ),
+        _dinov2("vit-s", "s"),
+        _dinov2("vit-b", "b"),
+        _dinov2("vit-l", "l"),
+        _beitv2("vit-b", "base"),
+        _beitv2("vit-l", "large"),
     )
+}
+
+# The same DINOv2 sizes trained with 4 register tokens (Darcet et al. 2024); same URL scheme.
+WITH_REGISTERS: dict[tuple[str, str], OfficialCheckpoint] = {
+    (c.family, c.model): c
+    for c in (_dinov2(m, x, registers=True) for m, x in (("vit-s", "s"), ("vit-b", "b"), ("vit-l", "l")))
+}
+
+# Released only as transformers folders on the Hugging Face hub (pass ``hf://`` + the id as the source).
+HUB_ONLY: dict[tuple[str, str], str] = {
+    ("data2vec", "vit-b"): "facebook/data2vec-vision-base",
+    ("data2vec", "vit-l"): "facebook/data2vec-vision-large",
 }
 
 NOT_RELEASED: dict[tuple[str, str], str] = {
     ("mocov3", "vit-l"): "MoCo v3 released only ViT-S and ViT-B (facebookresearch/moco-v3 CONFIG.md)",
     ("mocov3", "vit-h"): "MoCo v3 released only ViT-S and ViT-B (facebookresearch/moco-v3 CONFIG.md)",
     ("beit", "vit-h"): "BEiT released base and large only (microsoft/unilm beit/README.md)",
+    ("beitv2", "vit-h"): "BEiT v2 released base and large only (microsoft/unilm beit2/README.md)",
+    ("dinov2", "vit-h"): "DINOv2 released ViT-S/B/L/g only; ViT-g's SwiGLU MLP is not supported",
+    **{key: f"released on the Hugging Face hub only: pass hf://{repo}" for key, repo in HUB_ONLY.items()},
 }
 
 

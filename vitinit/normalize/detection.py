@@ -45,6 +45,7 @@ from vitinit.normalize.options import (
     Normalized,
     NormalizeOptions,
 )
+from vitinit.normalize.patch_size import resample_patch_size
 from vitinit.ops.pos_embed import resize_abs_pos_embed
 from vitinit.ops.rel_pos import resize_rel_pos_table
 
@@ -67,9 +68,13 @@ def detection_config(
     rel_pos: str = "auto",
     layer_scale: str = "keep",
     abs_pos: str = "auto",
+    patch_size: int | None = None,
     **extra,
 ) -> ViTBackboneConfig:
-    """The paper's backbone for a source architecture (``extra`` goes to :class:`ViTBackboneConfig`)."""
+    """The paper's backbone for a source architecture (``extra`` goes to :class:`ViTBackboneConfig`).
+
+    ``patch_size`` other than the source's: :func:`to_vitdet` resamples the kernel (``normalize.patch_size``).
+    """
     for value, allowed, name in (
         (layer_scale, LAYER_SCALE_MODES, "layer_scale"),
         (rel_pos, REL_POS_MODES, "rel_pos"),
@@ -81,7 +86,7 @@ def detection_config(
         embed_dim=spec.embed_dim,
         depth=spec.depth,
         num_heads=spec.num_heads,
-        patch_size=spec.patch_size,
+        patch_size=patch_size or spec.patch_size,
         mlp_hidden_dim=spec.mlp_dim,
         in_chans=spec.in_chans,
         img_size=img_size,
@@ -228,6 +233,8 @@ def to_vitdet(
     ):
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+    if config.patch_size != ckpt.spec.patch_size:  # explicit option (e.g. DINOv2 14 -> 16): lossy, noted
+        ckpt = resample_patch_size(ckpt, config.patch_size)
     spec = ckpt.spec
     keep_gamma = spec.layer_scale and layer_scale == "keep"
     if config.layer_scale != keep_gamma or config.use_abs_pos != (abs_pos != "none"):

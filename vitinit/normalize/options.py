@@ -53,6 +53,7 @@ class NormalizeOptions:
     rel_pos_resize: str = "geometric"
     layer_scale: str = "keep"
     drop_rel_pos: bool = False  # detectron2 target: drop BEiT tables it cannot hold instead of refusing
+    patch_size: int | None = None  # resample the patch embedding to this size (lossy: only on request)
     seed: int = 0  # seed of the tensors drawn fresh (abs_pos=random)
 
     def __post_init__(self) -> None:

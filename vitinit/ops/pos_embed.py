@@ -40,3 +40,20 @@ def resize_abs_pos_embed(
     x = grid.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=tuple(new_grid), mode="bicubic", align_corners=False)
     return x.permute(0, 2, 3, 1).to(pos_embed.dtype)
+
+
+# Fixed 2-D sin-cos position embeddings (MAE's ``get_2d_sincos_pos_embed``, MoCo v3's ``build_2d_sincos``).
+def sincos_2d(embed_dim: int, grid: tuple[int, int], *, first_half: str = "col") -> torch.Tensor:
+    """(gh*gw, D) fixed sin-cos embedding, rows in row-major token order."""
+    if embed_dim % 4:
+        raise ValueError("sin-cos embedding needs a width divisible by 4")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+
+    def half(pos: torch.Tensor) -> torch.Tensor:
+        angle = pos.flatten().double()[:, None] * omega[None]
+        return torch.cat([angle.sin(), angle.cos()], dim=1)
+
+    a, b = (cols, rows) if first_half == "col" else (rows, cols)
+    return torch.cat([half(a), half(b)], dim=1).float()
