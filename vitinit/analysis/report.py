@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitinit.analysis import plots
+from vitinit.analysis import gallery, plots
 from vitinit.analysis.plots import init_name, init_sort_key, variant_name, variant_sort_key
 from vitinit.analysis.runs import RESULTS_FILE, Run, RunFolderError, load_run
 from vitinit.analysis.tide import ERROR_LABELS, ERROR_TYPES, analyze_run
@@ -36,6 +36,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     markdown: str = ""
+    pictures: dict[str, list[Path]] = field(default_factory=dict)  # run name -> its gallery PNGs
 
 
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
@@ -192,7 +193,13 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
         if "errors" in figures:
             lines += [f"![Error analysis]({figures['errors'].name})", ""]
     else:
-        lines += ["None of the runs has an error analysis.", ""]
+        lines += ["None of the runs has an error analysis.", *(n for n in report.notes if "tidecv" in n), ""]
+    if report.pictures:
+        lines += ["## Predictions on fixed val images", "",
+                  f"Ground truth (left) and detections with score ≥ {gallery.SCORE_THRESH:g} (right) at the "
+                  "run's last evaluation; the same images for every run on this val set.", ""]
+        for name, pics in report.pictures.items():
+            lines += [f"### {name}", "", *(f"![{p.stem}]({p.relative_to(report.out_dir)})" for p in pics), ""]
     if report.skipped or report.notes:
         lines += ["## Left out", ""]
         lines += [f"- `{p}`: {why}" for p, why in report.skipped]
@@ -201,13 +208,38 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, analyze: bool = True) -> Report:
+def _write_galleries(report: Report, image_dir: Path | None, n: int) -> None:
+    """Each run's gallery under ``out/gallery[/RUN]``; a run whose images cannot be found gets a note."""
+    single = len(report.runs) == 1
+    for r in report.runs:
+        if r.val_annotations is None or r.eval_dir is None:
+            report.notes.append(f"No gallery for {r.name}: its results name no detections.")
+            continue
+        out = report.out_dir / "gallery" / ("" if single else r.name)
+        try:
+            report.pictures[r.name] = gallery.write_gallery(
+                r.val_annotations, r.eval_dir, out, image_dir=image_dir, n=n
+            )
+        except VitinitError as e:
+            report.notes.append(f"No gallery for {r.name}: {e}.")
+
+
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    analyze: bool = True,
+    pictures: int = gallery.NUM_IMAGES,
+    image_dir: str | Path | None = None,
+) -> Report:
     """Read runs, write ``report.md`` and its PNG figures into ``out_dir``.
 
     Args:
         run_dirs: run folders, or folders of run folders.
         out_dir: where the report goes (created; files of a previous report there are replaced).
         analyze: compute the TIDE error analysis of runs that lack one (needs ``vitinit[tide]``).
+        pictures: val images in each run's gallery (0: none).
+        image_dir: the val images' folder; by default found beside the annotations (COCO's layout).
 
     Raises:
         RunFolderError: a path is not a run, or no finished run is left.
@@ -229,8 +261,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, analyze
     entries = error_entries(report.runs)
     if entries:
         figures["errors"] = plots.plot_error_bars(entries, out / "errors.png")
+    if pictures:
+        _write_galleries(report, Path(image_dir) if image_dir is not None else None, pictures)
     report.markdown = render_markdown(report, figures)
     with atomic_path(out / REPORT_FILE) as tmp:
         tmp.write_text(report.markdown)
-    report.files = [out / REPORT_FILE, *figures.values()]
+    report.files = [out / REPORT_FILE, *figures.values(), *(p for ps in report.pictures.values() for p in ps)]
     return report

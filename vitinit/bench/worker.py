@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vitinit.analysis.run_report import write_run_report
 from vitinit.bench.run_folder import write_json, write_results
 from vitinit.bench.weights import apply_position_policy, load_weights
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
@@ -218,6 +219,9 @@ def _train(
     )
     if main and importlib.util.find_spec("tidecv") is not None:
         _tide(run_dir)
+    if main:  # the run's own report and gallery (vitinit.analysis.run_report), then where to find them
+        write_run_report(run_dir, image_dir=data.val.image_dir)
+        results = {**results, "run_dir": str(run_dir.resolve())}
     return results
 
 

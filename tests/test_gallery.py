@@ -1,0 +1,144 @@
+"""The gallery: fixed val images chosen for coverage, ground truth | predictions drawn with torchvision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _fake_runs import write_json
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from vitinit.analysis import gallery
+from vitinit.analysis.report import build_report
+from vitinit.analysis.run_report import next_steps, write_run_report
+from vitinit.data.coco import load_coco_json
+
+CATS = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
+# COCO-like shapes: landscape and portrait, objects small (< 32²), medium and large.
+IMAGES = [(640, 427), (427, 640), (500, 375), (375, 500), (640, 480)]  # (width, height)
+OBJECTS = {  # image id -> (category, x, y, w, h)
+    1: [(1, 20, 30, 20, 25), (3, 100, 100, 300, 200)],
+    2: [(18, 50, 60, 60, 80)],
+    3: [(1, 10, 10, 40, 40)],
+    4: [],
+    5: [(3, 200, 150, 22, 18), (18, 300, 100, 200, 250), (1, 10, 10, 70, 60)],
+}
+
+
+def _rle(x, y, w, h, width, height) -> dict:
+    m = np.zeros((height, width), np.uint8)
+    m[y:y + h, x:x + w] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+@pytest.fixture()
+def val_set(tmp_path):
+    """A COCO-layout val set (``coco/annotations/*.json`` beside ``coco/val``) with real image files."""
+    root = tmp_path / "coco"
+    (root / "val").mkdir(parents=True)
+    images, anns, dets = [], [], []
+    rng = np.random.default_rng(0)
+    for image_id, (w, h) in enumerate(IMAGES, 1):
+        name = f"{image_id:012d}.jpg"
+        Image.fromarray(rng.integers(60, 120, (h, w, 3), dtype=np.uint8)).save(root / "val" / name)
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for k, (cat, x, y, bw, bh) in enumerate(OBJECTS[image_id]):
+            seg = _rle(x, y, bw, bh, w, h)
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat,
+                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0, "segmentation": seg})
+            score = 0.9 if k == 0 else 0.3  # the first object is found confidently, the others barely
+            dets.append({"image_id": image_id, "category_id": cat, "bbox": [x + 2, y, bw, bh], "score": score,
+                         "segmentation": seg})
+    gt = write_json(root / "annotations" / "instances_val.json",
+                    {"images": images, "annotations": anns, "categories": CATS})
+    eval_dir = tmp_path / "eval"
+    write_json(eval_dir / "bbox.json", [{k: v for k, v in d.items() if k != "segmentation"} for d in dets])
+    write_json(eval_dir / "segm.json", [{k: v for k, v in d.items() if k != "bbox"} for d in dets])
+    return gt, eval_dir
+
+
+def test_choose_images_covers_classes_and_sizes_deterministically(val_set):
+    gt, _ = val_set
+    coco = load_coco_json(gt)
+    chosen = gallery.choose_images(coco, 3)
+    # Image 5 has all three classes and all three sizes; image 1 adds nothing new after it, so the next
+    # picks are the images with the most objects among those that add nothing (1), then the lowest id.
+    assert chosen == [5, 1, 2]
+    assert gallery.choose_images(coco, 3) == chosen
+    assert gallery.choose_images(coco, 10) == [5, 1, 2, 3, 4]  # the empty image last
+
+
+def test_gallery_draws_ground_truth_and_confident_predictions(val_set):
+    gt, eval_dir = val_set
+    pics = dict(gallery.gallery_images(gt, eval_dir, image_ids=[1, 4]))
+    raw = torch.from_numpy(np.array(Image.open(gt.parent.parent / "val" / f"{1:012d}.jpg"))).permute(2, 0, 1)
+    pic = pics[1]
+    w, h = 640, 427  # no enlargement: the long side is above gallery.MIN_SIDE
+    assert pic.dtype == torch.uint8 and pic.shape[0] == 3
+    assert pic.shape[2] == 2 * w + 8  # two panels and the gap
+    head = pic.shape[1] - h
+    left, right = pic[:, head:, :w], pic[:, head:, w + 8:]
+    car = (slice(None), slice(150, 250), slice(150, 350))  # inside the car's box and mask, off its edges
+    # Ground truth: the car's mask is overlaid (pixels change); predictions: it scored 0.3 < 0.5, not drawn.
+    assert (left[car].int() - raw[car].int()).abs().float().mean() > 20
+    assert torch.equal(right[car], raw[car])
+    person = (slice(None), slice(35, 50), slice(25, 38))
+    assert (right[person].int() - raw[person].int()).abs().float().mean() > 20  # 0.9: drawn
+    # An image without objects or detections is drawn unchanged on both sides.
+    empty = pics[4]  # 375 × 500: enlarged to a long side of gallery.MIN_SIDE
+    assert empty.shape[2] == 2 * 384 + 8
+    assert torch.equal(empty[:, -512:, :384], empty[:, -512:, 384 + 8:])
+
+
+def test_small_images_are_enlarged_and_unpaired_masks_are_skipped(val_set, tmp_path):
+    gt, eval_dir = val_set
+    segm = json.loads((eval_dir / "segm.json").read_text())
+    write_json(eval_dir / "segm.json", segm[:-1])  # no longer one mask per box: boxes only
+    dets = gallery.load_detections(eval_dir)
+    assert all("segmentation" not in d for ds in dets.values() for d in ds)
+    small = torch.zeros(3, 100, 60, dtype=torch.uint8)
+    inst = gallery.Instances(torch.tensor([[10.0, 10, 50, 90]]), None, ["dog 0.99"], [(255, 0, 0)])
+    out = gallery.draw(small, inst)
+    assert out.shape[1:] == (gallery.MIN_SIDE, round(60 * gallery.MIN_SIDE / 100))
+    assert out[0].amax() == 255  # the red box
+
+
+def test_run_report_writes_gallery_and_next_steps(val_set, tmp_path):
+    gt, eval_dir = val_set
+    run = tmp_path / "run"
+    eval_to = run / "eval" / "iter_0000010"
+    eval_to.mkdir(parents=True)
+    for f in ("bbox.json", "segm.json"):
+        (eval_to / f).write_text((eval_dir / f).read_text())
+    point = {"iter": 10, "epoch": 1.0, "bbox": {"AP": 12.5}, "segm": {"AP": 10.0}}
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", **point}) + "\n")
+    write_json(run / "results.json", {
+        "status": "finished", "name": "demo", "init": "random", "variant": "custom", "iters": 10,
+        "epochs": 1.0, "final": point, "best": point, "val_annotations": str(gt),
+        "eval_dir": "eval/iter_0000010",
+    })
+    md_path = write_run_report(run)
+    assert md_path == run / "report" / "report.md"
+    md = md_path.read_text()
+    pngs = sorted((run / "report" / "gallery").glob("*.png"))
+    assert [p.name for p in pngs] == [f"val_{i:06d}.png" for i in sorted([5, 1, 2, 3])]
+    for p in pngs:
+        assert f"](gallery/{p.name})" in md
+    assert "## Predictions on fixed val images" in md
+    lines = next_steps(run)
+    assert lines[0] == f"run folder: {run.resolve()}"
+    assert any(f"vitinit report {run.resolve()}" in line for line in lines)
+    assert any(f"vitinit bench --resume -o {run.resolve()}" in line for line in lines)
+    assert any(str(run.resolve() / "report" / "gallery") in line for line in lines)
+
+    # Images that cannot be found leave a note, not a failure.
+    (gt.parent.parent / "val").rename(tmp_path / "elsewhere")
+    report = build_report([run], tmp_path / "rep", analyze=False)
+    assert not report.pictures and any("cannot find the images" in n for n in report.notes)
+    report = build_report([run], tmp_path / "rep", analyze=False, image_dir=tmp_path / "elsewhere")
+    assert len(report.pictures["demo"]) == 4
