@@ -142,3 +142,43 @@ def test_run_report_writes_gallery_and_next_steps(val_set, tmp_path):
     assert not report.pictures and any("cannot find the images" in n for n in report.notes)
     report = build_report([run], tmp_path / "rep", analyze=False, image_dir=tmp_path / "elsewhere")
     assert len(report.pictures["demo"]) == 4
+
+
+def test_show_data_pictures_follow_the_lsj_crop(val_set, tmp_path):
+    from vitinit.analysis.data_view import PAD_GREY, on_canvas, sample_pictures, target_instances
+    from vitinit.data.coco import CocoDetection
+    from vitinit.data.transforms import lsj_transform
+
+    gt, _ = val_set
+    ds = CocoDetection(gt.parent.parent / "val", gt, transforms=lsj_transform(1024), train=True)
+    torch.manual_seed(3)
+    image, target = ds[0]
+    crop = (image * 255).round().to(torch.uint8)
+    canvas, inst = on_canvas(crop, target_instances(target, ds.class_names), 1024)
+    h, w = crop.shape[-2:]
+    assert canvas.shape == (3, 1024, 1024) and inst.masks.shape[-2:] == (1024, 1024)
+    assert torch.equal(inst.masks[:, :h, :w], target["masks"].bool())
+    assert not inst.masks[:, h:].any() and not inst.masks[:, :, w:].any()
+    assert (canvas[:, h:] == PAD_GREY).all() and (canvas[:, :, w:] == PAD_GREY).all()
+    assert inst.labels == [ds.class_names[v - 1] for v in target["labels"].tolist()]
+
+    pics = sample_pictures(ds, [0, 1], size=1024, seed=5)
+    assert [i for i, _ in pics] == [ds.ids[0], ds.ids[1]]
+    assert all(p.shape[2] == 640 + 8 + 1024 for _, p in pics[:1])  # stored image | 1024² canvas
+    again = sample_pictures(ds, [0, 1], size=1024, seed=5)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(pics, again, strict=True))
+
+
+def test_cli_show_data(tmp_path, monkeypatch):
+    from test_bench import MICRO
+    from typer.testing import CliRunner
+    from vitinit_cli.main import app
+
+    monkeypatch.setenv("VITINIT_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(app, ["show-data", "demo", *MICRO[:6], "-n", "2", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train_000001.png", "train_000002.png"]
+    assert str((tmp_path / "d").resolve()) in res.output.replace("\n", "")
+    res = CliRunner().invoke(app, ["show-data", "no-such-recipe", "-o", str(tmp_path / "e")])
+    assert res.exit_code == 1 and res.output.startswith("error:") and "no recipe named" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()

@@ -176,6 +176,8 @@ def draw(image: torch.Tensor, inst: Instances, *, min_side: int = MIN_SIDE) -> t
     """``image`` (3, H, W) uint8 with translucent masks, boxes and labels; enlarged to ``min_side``."""
     scale = max(1.0, min_side / max(image.shape[-2:]))
     masks, boxes = inst.masks, inst.boxes
+    if masks is not None and masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"masks are {tuple(masks.shape[-2:])}, the image {tuple(image.shape[-2:])}")
     if scale > 1:
         size = [round(image.shape[-2] * scale), round(image.shape[-1] * scale)]
         image = F.resize(image, size, antialias=True)
