@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitinit.analysis import gallery, plots
+from vitinit.analysis.complexity import COMPLEXITY_FILE
 from vitinit.analysis.plots import init_name, init_sort_key, variant_name, variant_sort_key
 from vitinit.analysis.runs import RESULTS_FILE, Run, RunFolderError, load_run
 from vitinit.analysis.tide import ERROR_LABELS, ERROR_TYPES, analyze_run
 from vitinit.errors import MissingDependencyError, VitinitError
+from vitinit.io.files import read_json
 from vitinit.io.save import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,36 @@ def run_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def complexity_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]] | None:
+    """The paper's complexity table: parameters and FLOPs (``analysis/complexity.json``) beside best AP."""
+    found = {r.name: c for r in runs if (c := _complexity(r)) is not None}
+    if not found:
+        return None
+    header = ["run", "model", "params (M)", "GFLOPs", "at", "box AP", "mask AP", "schedule (ep)"]
+    rows = []
+    for r in sorted(runs, key=lambda r: (variant_sort_key(r.variant), init_sort_key(r.init), r.epochs)):
+        c = found.get(r.name)
+        rows.append([
+            r.name, f"{variant_name(r.variant)} ({init_name(r.init)})",
+            "–" if c is None else f"{c['params']['total'] / 1e6:.1f}",
+            "–" if c is None else f"{c['flops']['total'] / 1e9:.0f}",
+            "–" if c is None else f"{c['size']}²",
+            _fmt(_ap(r, "bbox")), _fmt(_ap(r, "segm")), f"{r.epochs:g}",
+        ])
+    return header, rows
+
+
+def _complexity(run: Run) -> dict | None:
+    path = run.path / COMPLEXITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, error=RunFolderError, what="complexity figures")
+    except RunFolderError as e:
+        logger.warning("%s", e)
+        return None
+
+
 def error_entries(runs: Sequence[Run]) -> list[tuple[str, str, dict]]:
     """``(init, label, tide)`` for the best run of each (init, variant) that has an error analysis."""
     entries = []
@@ -185,6 +217,12 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     lines += ["## Runs", "", *_table(*run_rows(report.runs)), ""]
     if "training" in figures:
         lines += [f"![AP during training]({figures['training'].name})", ""]
+    complexity = complexity_rows(report.runs)
+    if complexity:
+        lines += ["## Model complexity", "", "Parameters and inference FLOPs of each run's detector (torch "
+                  "`FlopCounterMode`, multiply-add = 2; box head on 1000 proposals, mask head on 100 "
+                  "detections), beside its best AP. `vitinit model-info` adds measured images/s.", "",
+                  *_table(*complexity), ""]
     entries = error_entries(report.runs)
     lines += ["## Error analysis (TIDE ΔAP@0.5)", ""]
     if entries:

@@ -11,6 +11,9 @@ import logging
 import shlex
 from pathlib import Path
 
+import torch.nn as nn
+
+from vitinit.analysis.complexity import write_run_complexity
 from vitinit.analysis.report import REPORT_FILE, build_report
 from vitinit.errors import VitinitError
 
@@ -24,7 +27,12 @@ def run_report_dir(run_dir: str | Path) -> Path:
 
 
 def write_run_report(
-    run_dir: str | Path, *, image_dir: str | Path | None = None, strict: bool = False
+    run_dir: str | Path,
+    *,
+    image_dir: str | Path | None = None,
+    model: nn.Module | None = None,
+    size: int | None = None,
+    strict: bool = False,
 ) -> Path | None:
     """Write ``RUN/report/report.md`` with its figures and ``RUN/report/gallery/*.png``; returns report.md.
 
@@ -32,6 +40,8 @@ def write_run_report(
         run_dir: a finished run folder.
         image_dir: the val images (the bench passes its dataset's folder; otherwise found beside the
             annotations).
+        model, size: the trained detector and its test size: its parameters and FLOPs per part go into
+            ``RUN/analysis/complexity.json`` first, and the report shows them beside AP.
         strict: raise on failure; by default a failure is logged and None returned, since the report is a
             bonus that must not fail a run that trained and evaluated.
 
@@ -40,8 +50,10 @@ def write_run_report(
         PosixPath('runs/demo/20261203-080000/report/report.md')
     """
     try:
+        if model is not None and size is not None:
+            write_run_complexity(model, run_dir, size)
         report = build_report([run_dir], run_report_dir(run_dir), image_dir=image_dir)
-    except (VitinitError, OSError) as e:
+    except (VitinitError, OSError, RuntimeError) as e:  # RuntimeError: a FLOP count torch cannot trace
         if strict:
             raise
         logger.warning("run report skipped: %s", " ".join(str(e).split()))

@@ -133,7 +133,8 @@ def _train(
     model = build_model(recipe, backbone, data.train.num_classes)
     if state is not None:
         load_backbone_state(model.backbone.vit, state)
-    changed = apply_position_policy(model.backbone.vit, recipe)
+    vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline (model.detector.backbone_type)
+    changed = apply_position_policy(vit, recipe) if vit is not None else []
     if changed:
         provenance = {**provenance, "position_policy": changed}
     model = convert_sync_batchnorm(model, device).to(device)
@@ -220,7 +221,8 @@ def _train(
     if main and importlib.util.find_spec("tidecv") is not None:
         _tide(run_dir)
     if main:  # the run's own report and gallery (vitinit.analysis.run_report), then where to find them
-        write_run_report(run_dir, image_dir=data.val.image_dir)
+        size = recipe["data"]["image_size"]
+        write_run_report(run_dir, image_dir=data.val.image_dir, model=model, size=size)
         results = {**results, "run_dir": str(run_dir.resolve())}
     return results
 
