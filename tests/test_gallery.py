@@ -108,7 +108,10 @@ def test_small_images_are_enlarged_and_unpaired_masks_are_skipped(val_set, tmp_p
     assert out[0].amax() == 255  # the red box
 
 
-def test_run_report_writes_gallery_and_next_steps(val_set, tmp_path):
+def test_run_report_writes_gallery_and_next_steps(val_set, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tidecv", None)  # the report says how to get the error analysis
     gt, eval_dir = val_set
     run = tmp_path / "run"
     eval_to = run / "eval" / "iter_0000010"
@@ -130,6 +133,8 @@ def test_run_report_writes_gallery_and_next_steps(val_set, tmp_path):
     for p in pngs:
         assert f"](gallery/{p.name})" in md
     assert "## Predictions on fixed val images" in md
+    errors = md[md.index("## Error analysis"):md.index("## Predictions")]
+    assert "pip install 'vitinit[tide]'" in errors
     lines = next_steps(run)
     assert lines[0] == f"run folder: {run.resolve()}"
     assert any(f"vitinit report {run.resolve()}" in line for line in lines)
@@ -182,3 +187,68 @@ def test_cli_show_data(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["show-data", "no-such-recipe", "-o", str(tmp_path / "e")])
     assert res.exit_code == 1 and res.output.startswith("error:") and "no recipe named" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+
+
+class FakeWriter:
+    """Records what a torch SummaryWriter would be given."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.images: list[tuple[str, tuple, int]] = []
+        self.scalars: list[str] = []
+
+    def add_image(self, tag, img, step, dataformats="CHW"):
+        assert dataformats == "CHW" and img.dtype == torch.uint8 and img.shape[0] == 3
+        self.images.append((tag, tuple(img.shape), step))
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append(tag)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_tensorboard_gallery_adds_the_fixed_images_per_evaluation(val_set):
+    from vitinit.analysis.live_gallery import TensorBoardGallery
+
+    gt, eval_dir = val_set
+    writer = FakeWriter()
+    tb = TensorBoardGallery(lambda: writer, gt, n=2)
+    assert tb(100, eval_dir) == 2 and tb(200, eval_dir) == 2
+    assert [(t, s) for t, _, s in writer.images] == [
+        ("gallery/val_000005", 100), ("gallery/val_000001", 100),
+        ("gallery/val_000005", 200), ("gallery/val_000001", 200),
+    ]
+    assert TensorBoardGallery(lambda: None, gt)(100, eval_dir) == 0  # no tensorboard: nothing, no error
+
+
+def test_bench_ends_with_report_pictures_and_next_steps(tmp_path, monkeypatch):
+    """A (micro) `vitinit bench`: TensorBoard images at each evaluation, the run's report, the next steps."""
+    import sys
+    import types
+
+    from test_bench import MICRO
+    from typer.testing import CliRunner
+    from vitinit_cli.main import app
+
+    writers: list[FakeWriter] = []
+    fake_tb = types.ModuleType("torch.utils.tensorboard")
+    fake_tb.SummaryWriter = lambda *a, **k: writers.append(FakeWriter()) or writers[-1]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_tb)
+    monkeypatch.setenv("VITINIT_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["bench", "demo", *MICRO, "eval.period=3", "-o", str(run), "--quiet"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    steps = sorted({s for _, _, s in writers[0].images})
+    assert steps == [3, 6]  # the gallery at each evaluation
+    assert len(writers[0].images) == 2 * 2  # the 2 val images of the micro set, twice
+    md = (run / "report" / "report.md").read_text()
+    pngs = sorted((run / "report" / "gallery").glob("val_*.png"))
+    assert len(pngs) == 2 and all(f"](gallery/{p.name})" in md for p in pngs)
+    assert "## Model complexity" in md and (run / "analysis" / "complexity.json").is_file()
+    out = " ".join(res.output.split())
+    assert f"run folder: {run.resolve()}" in out
+    assert f"vitinit report {run.resolve()}" in out and f"vitinit bench --resume -o {run.resolve()}" in out

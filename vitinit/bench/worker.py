@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vitinit.analysis.live_gallery import TensorBoardGallery
 from vitinit.analysis.run_report import write_run_report
 from vitinit.bench.run_folder import write_json, write_results
 from vitinit.bench.weights import apply_position_policy, load_weights
@@ -167,6 +168,7 @@ def _train(
         gamma=s["gamma"],
     )
     metrics = H.MetricsWriter(run_dir / "metrics.jsonl", t["log_period"], lr_hook=lr_hook)
+    tb_gallery = TensorBoardGallery(lambda: metrics.tb, data.val.annotation_file, data.val.image_dir)
     epoch_of = lambda it: round(it * t["batch_size"] / recipe["data"]["epoch_images"], 4)  # noqa: E731
 
     def evaluate(iteration: int) -> dict:
@@ -178,6 +180,7 @@ def _train(
                 {k: v for k, v in entry.items() if k != "kind"},
             )
             metrics.write(entry)
+            tb_gallery(iteration, run_dir / "eval" / f"iter_{iteration:07d}")  # when TensorBoard is installed
             write_results(run_dir, recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
         return entry
 
