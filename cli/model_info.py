@@ -54,6 +54,10 @@ def model_info(
         backbone_type=backbone_type,
     )
     info = count_flops(build_mask_rcnn(cfg, device="meta"), size)
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but CUDA is not available")
     if speed:
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))

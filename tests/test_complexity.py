@@ -125,6 +125,9 @@ def test_cli_model_info():
     res = cli.invoke(app, ["model-info", "-m", "vit-b", "--no-speed"], env={"COLUMNS": "120"})
     assert res.exit_code == 0 and "ViT backbone" in res.output and "adapter + FPN" in res.output
     assert "731.0" in res.output  # GFLOPs of the ViT-B trunk at 1024
+    if not torch.cuda.is_available():
+        res = cli.invoke(app, ["model-info", "--device", "cuda"])
+        assert res.exit_code == 1 and "CUDA is not available" in res.output
     res = cli.invoke(app, ["model-info", "-m", "vit-x"])
     assert res.exit_code == 1 and res.output.startswith("error:") and "r-101" in res.output
     assert len(res.output.strip().splitlines()) == 1
