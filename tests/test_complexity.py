@@ -107,7 +107,7 @@ def test_run_report_shows_complexity_beside_ap(tmp_path):
     assert info["params"]["total"] == parameter_parts(real)["total"]
     row = next(line for line in md.splitlines() if line.startswith("| r101_400ep | R-101 (random) |"))
     params, flops = info["params"]["total"] / 1e6, info["flops"]["total"] / 1e9
-    assert f"| {params:.1f} | {flops:.0f} | 64² | 48.9 | 43.6 |" in row
+    assert f"| {params:.1f} | {flops:.0f} | 64² | 1000 / 100 | 48.9 | 43.6 |" in row
     assert "| R-101: AP box / AP mask (schedule) |" in md.replace("initialization | ", "")
 
 

@@ -252,3 +252,17 @@ def test_bench_ends_with_report_pictures_and_next_steps(tmp_path, monkeypatch):
     out = " ".join(res.output.split())
     assert f"run folder: {run.resolve()}" in out
     assert f"vitinit report {run.resolve()}" in out and f"vitinit bench --resume -o {run.resolve()}" in out
+
+
+def test_overlapping_masks_are_layered_not_blacked_out():
+    image = torch.full((3, 600, 600), 100, dtype=torch.uint8)
+    masks = torch.zeros(2, 600, 600, dtype=torch.bool)
+    masks[0, :300], masks[1, 200:500] = True, True
+    boxes = torch.tensor([[0.0, 0, 10, 10]] * 2)
+    inst = gallery.Instances(boxes, masks, ["a", "b"], [(200, 0, 0), (0, 0, 200)])
+    out = gallery.draw(image, inst).int()
+    a = round(100 * (1 - gallery.MASK_ALPHA) + 200 * gallery.MASK_ALPHA)  # one layer of red
+    assert out[:, 100, 300].tolist() == [a, 55, 55]
+    # Both: red then blue on top; torchvision's single call would give 0.55 × 100 = 55 in every channel.
+    both = out[:, 250, 300]
+    assert both[2] > both[1] and both[0] > both[1] and both.tolist() != [55, 55, 55]

@@ -184,8 +184,11 @@ def draw(image: torch.Tensor, inst: Instances, *, min_side: int = MIN_SIDE) -> t
         boxes = boxes * scale
         if masks is not None and len(masks):
             masks = F.resize(masks[:, None].to(torch.uint8), size, F.InterpolationMode.NEAREST)[:, 0].bool()
-    if masks is not None and len(masks):
-        image = draw_segmentation_masks(image, masks, alpha=MASK_ALPHA, colors=inst.colors)
+    if masks is not None:
+        # One call per mask, each blended over the last (as detectron2's Visualizer layers them): given all
+        # masks at once, draw_segmentation_masks paints the pixels where two overlap black.
+        for mask, color in zip(masks, inst.colors, strict=True):
+            image = draw_segmentation_masks(image, mask[None], alpha=MASK_ALPHA, colors=[color])
     if len(inst):
         side = max(image.shape[-2:])
         image = draw_bounding_boxes(

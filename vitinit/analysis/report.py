@@ -128,7 +128,8 @@ def complexity_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]] | 
     found = {r.name: c for r in runs if (c := _complexity(r)) is not None}
     if not found:
         return None
-    header = ["run", "model", "params (M)", "GFLOPs", "at", "box AP", "mask AP", "schedule (ep)"]
+    header = ["run", "model", "params (M)", "GFLOPs", "at", "RoIs box / mask", "box AP", "mask AP",
+              "schedule (ep)"]
     rows = []
     for r in sorted(runs, key=lambda r: (variant_sort_key(r.variant), init_sort_key(r.init), r.epochs)):
         c = found.get(r.name)
@@ -137,6 +138,7 @@ def complexity_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]] | 
             "–" if c is None else f"{c['params']['total'] / 1e6:.1f}",
             "–" if c is None else f"{c['flops']['total'] / 1e9:.0f}",
             "–" if c is None else f"{c['size']}²",
+            "–" if c is None else f"{c['proposals']} / {c['detections']}",
             _fmt(_ap(r, "bbox")), _fmt(_ap(r, "segm")), f"{r.epochs:g}",
         ])
     return header, rows
@@ -220,8 +222,9 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     complexity = complexity_rows(report.runs)
     if complexity:
         lines += ["## Model complexity", "", "Parameters and inference FLOPs of each run's detector (torch "
-                  "`FlopCounterMode`, multiply-add = 2; box head on 1000 proposals, mask head on 100 "
-                  "detections), beside its best AP. `vitinit model-info` adds measured images/s.", "",
+                  "`FlopCounterMode`, multiply-add = 2; the box head on the test-time maximum of proposals, "
+                  "the mask head on that of detections), beside its best AP. `vitinit model-info` adds "
+                  "measured images/s.", "",
                   *_table(*complexity), ""]
     entries = error_entries(report.runs)
     lines += ["## Error analysis (TIDE ΔAP@0.5)", ""]
