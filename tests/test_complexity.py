@@ -131,3 +131,26 @@ def test_cli_model_info():
     res = cli.invoke(app, ["model-info", "-m", "vit-x"])
     assert res.exit_code == 1 and res.output.startswith("error:") and "r-101" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # ~35 s on a loaded 2-core machine: ResNet-101 init, 2 steps, eval, TIDE, report
+def test_random_r101_recipe_trains_through_the_bench(tmp_path, monkeypatch):
+    """The baseline is one command: `vitinit bench random-r101` (here shrunk to seconds on synthetic data)."""
+    from vitinit import bench
+
+    monkeypatch.setenv("VITINIT_CACHE", str(tmp_path / "cache"))
+    micro = [
+        "data.dataset=synthetic", "data.synthetic.num_train=4", "data.synthetic.num_val=2",
+        "data.synthetic.image_size=64", "model.img_size=64", "model.window_size=2", "model.norm=BN",
+        "data.num_workers=0", "data.epoch_images=4", "data.scale_range=[0.5,1.5]", "train.batch_size=2",
+        "schedule.epochs=null", "schedule.iters=2", "schedule.warmup_iters=1", "train.device=cpu",
+        "train.checkpoint_period=2", "model.detector.rpn_pre_nms_top_n_train=100",
+        "model.detector.rpn_post_nms_top_n_train=50", "model.detector.box_batch_size_per_image=32",
+        "model.detector.rpn_post_nms_top_n_test=100", "model.detector.box_detections_per_img=20",
+    ]
+    results = bench.run_bench("random-r101", micro, output_dir=tmp_path / "run", progress=False)
+    assert results["status"] == "finished" and results["variant"] == "r-101"
+    info = json.loads((tmp_path / "run" / COMPLEXITY_FILE).read_text())
+    assert "ResNet-101 backbone" in info["params"] and info["proposals"] == 100 and info["detections"] == 20
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)["model"]
+    assert any(k.startswith("backbone.body.layer4.") for k in state) and not any(".vit." in k for k in state)
