@@ -84,6 +84,8 @@ def test_resnet101_baseline_shares_the_heads_and_trains_from_scratch():
     assert not no_grad  # nothing frozen: every stem and stage parameter learns
     with pytest.raises(ConfigError, match="backbone_type"):
         _cfg(backbone_type="resnet50")
+    with pytest.raises(ConfigError, match="own FPN"):
+        _cfg(backbone_type="resnet101", pyramid="simple")
     with pytest.raises(ConfigError, match="needs a norm"):
         build_mask_rcnn(_cfg(backbone_type="resnet101", norm="none"), device="meta")
 

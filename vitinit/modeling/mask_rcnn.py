@@ -34,6 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from vitinit.errors import ConfigError
 from vitinit.modeling.pyramid import PYRAMIDS, ViTFeaturePyramid, feature_indices_for, group_norm
+from vitinit.modeling.resnet import build_resnet_fpn
 from vitinit.modeling.vit import DetectionViT, ViTBackboneConfig
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class MaskRCNNConfig:
             raise ConfigError(f"pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}")
         if self.backbone_type not in ("vit", "resnet101"):
             raise ConfigError(f"backbone_type must be vit or resnet101, got {self.backbone_type!r}")
+        if self.backbone_type == "resnet101" and self.pyramid != "multiscale":
+            raise ConfigError("the ResNet baseline has its own FPN; leave pyramid at multiscale")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.num_classes < 1:
@@ -162,8 +165,6 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
             return build_mask_rcnn(cfg)
     norm_layer = norm_layer_for(cfg.norm)
     if cfg.backbone_type == "resnet101":
-        from vitinit.modeling.resnet import build_resnet_fpn
-
         backbone = build_resnet_fpn(norm_layer=norm_layer, out_channels=cfg.fpn_channels)
     else:
         backbone = ViTFeaturePyramid(
