@@ -1,7 +1,8 @@
 """`vitinit model-info`: the paper's complexity figures of the Mask R-CNN the benchmark trains, part by part.
 
 Parameters and FLOPs are counted without memory (meta device and fake tensors), so ViT-L and ViT-H cost
-seconds; images/s is measured with a real forward on the current device (``--no-speed`` skips it).
+seconds; images/s is measured with real forwards on the current device: by default only on CUDA, since on a
+CPU one ViT-B forward at 1024 takes minutes (``--speed`` measures anyway, ``--no-speed`` never).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def model_info(
     norm: str = typer.Option("SyncBN", help="Norm in the FPN and heads: BN, SyncBN, GN, LN, none."),
     size: int = typer.Option(1024, help="Input size (test images are padded to size × size)."),
     rel_pos: str = typer.Option("shared", help="Relative position tables: shared (paper), per_block, none."),
-    speed: bool = typer.Option(True, "--speed/--no-speed", help="Measure inference images/s."),
+    speed: bool | None = typer.Option(
+        None, "--speed/--no-speed", help="Measure inference images/s [default: on CUDA only]."
+    ),
     iters: int = typer.Option(3, "--iters", min=1, help="Timed forwards for images/s (after one warm-up)."),
     device: str = typer.Option("auto", help="Device for the speed measurement: auto, cpu, cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
@@ -46,7 +49,7 @@ def model_info(
 
     backbone_type = CNN_MODELS.get(model.lower(), "vit")
     if backbone_type == "vit" and model not in VIT_VARIANTS:
-        raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(VIT_VARIANTS)}, r-101")
+        raise ConfigError(f"unknown model size {model!r}; choose one of {', '.join(VIT_VARIANTS)}, r-101")
     vit_model = "vit-b" if backbone_type != "vit" else model
     backbone = ViTBackboneConfig.for_variant(vit_model, img_size=size, rel_pos=rel_pos)
     cfg = MaskRCNNConfig(
@@ -58,9 +61,11 @@ def model_info(
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but CUDA is not available")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if speed is None:
+        speed = dev.type == "cuda"
     if speed:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
         # Random weights score few boxes; a zero threshold sends the full 100 detections to the mask head.
         real = build_mask_rcnn(cfg.replace(box_score_thresh=0.0), device=dev)
         info.images_per_s, info.device = measure_speed(real, size, iters=iters), str(dev)
@@ -74,8 +79,10 @@ def model_info(
     else:
         name, caption = "ResNet-101", "torchvision resnet101 (from scratch) + FPN, same heads"
     if as_json:
+        figures = info.to_dict()
+        figures["parameters"] = figures.pop("params")  # the key earlier versions printed
         console.print_json(json.dumps({"model": model, "backbone_type": backbone_type, "pyramid": pyramid,
-                                       "num_classes": num_classes, "norm": norm, **info.to_dict()}))
+                                       "num_classes": num_classes, "norm": norm, **figures}))
         return
     table = Table(
         title=f"Mask R-CNN, {name} backbone, {size}×{size}",
@@ -96,6 +103,9 @@ def model_info(
             style="bold" if part == "total" else None,
         )
     console.print(table)
+    if not speed:
+        console.print("inference images/s: not measured (pass --speed; on CPU at 1024 it takes minutes)",
+                      highlight=False)
     if info.images_per_s is not None:
         console.print(f"inference: {info.images_per_s:.3g} images/s on {info.device} (batch 1, {size}×{size},"
                       f" random weights, {iters} timed forwards)", highlight=False)

@@ -123,7 +123,7 @@ def test_cli_model_info():
     assert info["backbone_type"] == "resnet101" and info["size"] == 1024 and info["images_per_s"] is None
     assert info["flops"]["RPN"] == _rpn_flops(1024, 256)
     assert info["flops"]["box head"] == _box_flops(1000, 256, 1024, 80)
-    assert round(info["params"]["ResNet-101 backbone"] / 1e6, 1) == 42.5
+    assert round(info["parameters"]["ResNet-101 backbone"] / 1e6, 1) == 42.5
     res = cli.invoke(app, ["model-info", "-m", "vit-b", "--no-speed"], env={"COLUMNS": "120"})
     assert res.exit_code == 0 and "ViT backbone" in res.output and "adapter + FPN" in res.output
     assert "731.0" in res.output  # GFLOPs of the ViT-B trunk at 1024
