@@ -106,6 +106,10 @@ def bench(
         progress=not quiet and os.environ.get("TERM") != "dumb",
     )
     print_summary(results)
+    if results.get("run_dir"):  # where the run, its report and its pictures are, and what to run next
+        from vitinit.analysis.run_report import next_steps
+
+        console.print("\n".join(next_steps(results["run_dir"])), highlight=False, soft_wrap=True)
 
 
 def print_keys(recipe: dict) -> None:

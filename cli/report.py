@@ -27,9 +27,16 @@ def report(
     analyze: Annotated[
         bool, typer.Option("--analyze/--no-analyze", help="Run the TIDE error analysis where it is missing.")
     ] = True,
+    pictures: Annotated[
+        int, typer.Option("--pictures", min=0, help="Val images in each run's gallery (0: no gallery).")
+    ] = 4,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Val image folder (default: beside the annotations).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
-    """Compare runs: box/mask AP per initialization and size, AP vs schedule, and TIDE error bars.
+    """Compare runs: box/mask AP per initialization and size, complexity, AP vs schedule, TIDE error bars,
+    and a gallery of ground truth | predictions on fixed val images.
 
     Unfinished runs are skipped with a warning; a folder that is not a run is an error.
     """
@@ -43,7 +50,7 @@ def report(
     logging.getLogger("vitinit.analysis").addHandler(handler)
     logging.getLogger("vitinit.analysis").propagate = False
     try:
-        result = build_report(run_dirs, output, analyze=analyze)
+        result = build_report(run_dirs, output, analyze=analyze, pictures=pictures, image_dir=images)
     finally:
         logging.getLogger("vitinit.analysis").removeHandler(handler)
         logging.getLogger("vitinit.analysis").propagate = True
@@ -55,7 +62,12 @@ def report(
     console.print(table)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    console.print("wrote " + ", ".join(str(f) for f in result.files), highlight=False, soft_wrap=True)
+    figures = [f for f in result.files if f.parent == result.out_dir]
+    console.print("wrote " + ", ".join(str(f) for f in figures), highlight=False, soft_wrap=True)
+    if result.pictures:
+        n = sum(map(len, result.pictures.values()))
+        where = result.out_dir / "gallery"
+        console.print(f"gallery: {n} pictures in {where}/", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

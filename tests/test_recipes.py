@@ -61,6 +61,9 @@ def test_recipe_resolves_and_builds(name):
     # The real model, on the meta device: every shape is built, no memory is used.
     with torch.device("meta"):
         model = build_model(recipe, backbone, num_classes=80)
+    if recipe["model"]["detector"].get("backbone_type") == "resnet101":  # the CNN baseline has no ViT
+        assert model.backbone.trunk_name == "ResNet-101" and model.config.norm == recipe["model"]["norm"]
+        return
     vit = model.backbone.vit
     assert vit.config.depth == (backbone.depth)
     m = recipe["model"]

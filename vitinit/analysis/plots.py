@@ -31,7 +31,7 @@ INIT_COLORS = {
     "random": "#7f7f7f", "supervised": "#1f77b4", "mocov3": "#ff7f0e", "beit": "#2ca02c", "mae": "#d62728",
 }
 _EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-VARIANT_ORDER = ("vit-s", "vit-b", "vit-l", "vit-h")
+VARIANT_ORDER = ("r-101", "vit-s", "vit-b", "vit-l", "vit-h")  # the CNN baseline first, as the paper's table
 # The paper's short names for TIDE's error types, for the bar chart's axis.
 ERROR_SHORT = {"cls": "cls", "loc": "loc", "both": "cls+loc", "dupe": "dup", "bkg": "bg", "miss": "miss"}
 DPI = 120
@@ -42,7 +42,10 @@ def init_name(init: str) -> str:
 
 
 def variant_name(variant: str) -> str:
-    return "ViT-" + variant[4:].upper() if variant.startswith("vit-") else variant
+    if variant.startswith(("vit-", "r-")):
+        head, _, size = variant.partition("-")
+        return ("ViT-" if head == "vit" else "R-") + size.upper()
+    return variant
 
 
 def init_sort_key(init: str) -> tuple[int, str]:

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitinit.analysis import plots
+from vitinit.analysis import gallery, plots
+from vitinit.analysis.complexity import COMPLEXITY_FILE
 from vitinit.analysis.plots import init_name, init_sort_key, variant_name, variant_sort_key
 from vitinit.analysis.runs import RESULTS_FILE, Run, RunFolderError, load_run
 from vitinit.analysis.tide import ERROR_LABELS, ERROR_TYPES, analyze_run
 from vitinit.errors import MissingDependencyError, VitinitError
+from vitinit.io.files import read_json
 from vitinit.io.save import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     markdown: str = ""
+    pictures: dict[str, list[Path]] = field(default_factory=dict)  # run name -> its gallery PNGs
 
 
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
@@ -120,6 +123,38 @@ def run_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def complexity_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]] | None:
+    """The paper's complexity table: parameters and FLOPs (``analysis/complexity.json``) beside best AP."""
+    found = {r.name: c for r in runs if (c := _complexity(r)) is not None}
+    if not found:
+        return None
+    header = ["run", "model", "params (M)", "GFLOPs", "at", "RoIs box / mask", "box AP", "mask AP",
+              "schedule (ep)"]
+    rows = []
+    for r in sorted(runs, key=lambda r: (variant_sort_key(r.variant), init_sort_key(r.init), r.epochs)):
+        c = found.get(r.name)
+        rows.append([
+            r.name, f"{variant_name(r.variant)} ({init_name(r.init)})",
+            "–" if c is None else f"{c['params']['total'] / 1e6:.1f}",
+            "–" if c is None else f"{c['flops']['total'] / 1e9:.0f}",
+            "–" if c is None else f"{c['size']}²",
+            "–" if c is None else f"{c['proposals']} / {c['detections']}",
+            _fmt(_ap(r, "bbox")), _fmt(_ap(r, "segm")), f"{r.epochs:g}",
+        ])
+    return header, rows
+
+
+def _complexity(run: Run) -> dict | None:
+    path = run.path / COMPLEXITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, error=RunFolderError, what="complexity figures")
+    except RunFolderError as e:
+        logger.warning("%s", e)
+        return None
+
+
 def error_entries(runs: Sequence[Run]) -> list[tuple[str, str, dict]]:
     """``(init, label, tide)`` for the best run of each (init, variant) that has an error analysis."""
     entries = []
@@ -184,6 +219,13 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     lines += ["## Runs", "", *_table(*run_rows(report.runs)), ""]
     if "training" in figures:
         lines += [f"![AP during training]({figures['training'].name})", ""]
+    complexity = complexity_rows(report.runs)
+    if complexity:
+        lines += ["## Model complexity", "", "Parameters and inference FLOPs of each run's detector (torch "
+                  "`FlopCounterMode`, multiply-add = 2; the box head on the test-time maximum of proposals, "
+                  "the mask head on that of detections), beside its best AP. `vitinit model-info` adds "
+                  "measured images/s.", "",
+                  *_table(*complexity), ""]
     entries = error_entries(report.runs)
     lines += ["## Error analysis (TIDE ΔAP@0.5)", ""]
     if entries:
@@ -192,7 +234,13 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
         if "errors" in figures:
             lines += [f"![Error analysis]({figures['errors'].name})", ""]
     else:
-        lines += ["None of the runs has an error analysis.", ""]
+        lines += ["None of the runs has an error analysis.", *(n for n in report.notes if "tidecv" in n), ""]
+    if report.pictures:
+        lines += ["## Predictions on fixed val images", "",
+                  f"Ground truth (left) and detections with score ≥ {gallery.SCORE_THRESH:g} (right) at the "
+                  "run's last evaluation; the same images for every run on this val set.", ""]
+        for name, pics in report.pictures.items():
+            lines += [f"### {name}", "", *(f"![{p.stem}]({p.relative_to(report.out_dir)})" for p in pics), ""]
     if report.skipped or report.notes:
         lines += ["## Left out", ""]
         lines += [f"- `{p}`: {why}" for p, why in report.skipped]
@@ -201,13 +249,38 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, analyze: bool = True) -> Report:
+def _write_galleries(report: Report, image_dir: Path | None, n: int) -> None:
+    """Each run's gallery under ``out/gallery[/RUN]``; a run whose images cannot be found gets a note."""
+    single = len(report.runs) == 1
+    for r in report.runs:
+        if r.val_annotations is None or r.eval_dir is None:
+            report.notes.append(f"No gallery for {r.name}: its results name no detections.")
+            continue
+        out = report.out_dir / "gallery" / ("" if single else r.name)
+        try:
+            report.pictures[r.name] = gallery.write_gallery(
+                r.val_annotations, r.eval_dir, out, image_dir=image_dir, n=n
+            )
+        except VitinitError as e:
+            report.notes.append(f"No gallery for {r.name}: {e}.")
+
+
+def build_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    analyze: bool = True,
+    pictures: int = gallery.NUM_IMAGES,
+    image_dir: str | Path | None = None,
+) -> Report:
     """Read runs, write ``report.md`` and its PNG figures into ``out_dir``.
 
     Args:
         run_dirs: run folders, or folders of run folders.
         out_dir: where the report goes (created; files of a previous report there are replaced).
         analyze: compute the TIDE error analysis of runs that lack one (needs ``vitinit[tide]``).
+        pictures: val images in each run's gallery (0: none).
+        image_dir: the val images' folder; by default found beside the annotations (COCO's layout).
 
     Raises:
         RunFolderError: a path is not a run, or no finished run is left.
@@ -229,8 +302,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, analyze
     entries = error_entries(report.runs)
     if entries:
         figures["errors"] = plots.plot_error_bars(entries, out / "errors.png")
+    if pictures:
+        _write_galleries(report, Path(image_dir) if image_dir is not None else None, pictures)
     report.markdown = render_markdown(report, figures)
     with atomic_path(out / REPORT_FILE) as tmp:
         tmp.write_text(report.markdown)
-    report.files = [out / REPORT_FILE, *figures.values()]
+    report.files = [out / REPORT_FILE, *figures.values(), *(p for ps in report.pictures.values() for p in ps)]
     return report

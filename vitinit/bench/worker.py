@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vitinit.analysis.live_gallery import TensorBoardGallery
+from vitinit.analysis.run_report import write_run_report
 from vitinit.bench.weights import apply_position_policy, load_weights
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
 from vitinit.data.transforms import lsj_transform, test_transform
@@ -121,7 +123,8 @@ def _train(
     model = build_model(recipe, backbone, data.train.num_classes)
     if state is not None:
         load_backbone_state(model.backbone.vit, state)
-    changed = apply_position_policy(model.backbone.vit, recipe)
+    vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline (model.detector.backbone_type)
+    changed = apply_position_policy(vit, recipe) if vit is not None else []
     if changed:
         provenance = {**provenance, "position_policy": changed}
     model = convert_sync_batchnorm(model, device).to(device)
@@ -156,6 +159,7 @@ def _train(
     metrics = H.MetricsWriter(
         folder.metrics, t["log_period"], lr_hook=lr_hook, tensorboard=folder.tensorboard
     )
+    tb_gallery = TensorBoardGallery(lambda: metrics.tb, data.val.annotation_file, data.val.image_dir)
     epoch_of = lambda it: round(it * t["batch_size"] / recipe["data"]["epoch_images"], 4)  # noqa: E731
 
     def evaluate(iteration: int) -> dict:
@@ -164,6 +168,7 @@ def _train(
         if main:
             folder.write_eval(entry)
             metrics.write(entry)
+            tb_gallery(iteration, folder.eval_dir(iteration))  # when TensorBoard is installed
             folder.write_results(recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
         return entry
 
@@ -204,6 +209,10 @@ def _train(
     )
     if main and importlib.util.find_spec("tidecv") is not None:
         _tide(run_dir)
+    if main:  # the run's own report and gallery (vitinit.analysis.run_report), then where to find them
+        size = recipe["data"]["image_size"]
+        write_run_report(run_dir, image_dir=data.val.image_dir, model=model, size=size)
+        results = {**results, "run_dir": str(run_dir.resolve())}
     return results
 
 

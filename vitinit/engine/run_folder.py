@@ -220,7 +220,9 @@ class RunFolder:
             "status": status,
             "name": recipe["name"],
             "init": recipe["weights"]["init"],
-            "variant": recipe["model"]["variant"],
+            # The CNN baseline (recipes/random-r101.yaml) reports as "r-101", not as the unused ViT variant.
+            "variant": "r-101" if (recipe["model"].get("detector") or {}).get("backbone_type") == "resnet101"
+            else recipe["model"]["variant"],
             "iters": recipe["schedule"]["iters"],
             "epochs": recipe["schedule"]["epochs"],
             "final": _summary(final),

@@ -34,6 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from vitinit.errors import ConfigError
 from vitinit.modeling.pyramid import PYRAMIDS, ViTFeaturePyramid, feature_indices_for, group_norm
+from vitinit.modeling.resnet import build_resnet_fpn
 from vitinit.modeling.vit import DetectionViT, ViTBackboneConfig
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,16 @@ class MaskRCNNConfig:
     # the token grid its absolute position embedding was trained at; without it a 1024×683 test image would
     # make the backbone resize that embedding to 64×43 and shift every position.
     square_pad: bool = True
+    # "vit" (the paper's ViT + pyramid) | "resnet101": the from-scratch CNN baseline (vitinit.modeling.resnet)
+    backbone_type: str = "vit"
 
     def __post_init__(self) -> None:
         if self.pyramid not in PYRAMIDS:
             raise ConfigError(f"pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}")
+        if self.backbone_type not in ("vit", "resnet101"):
+            raise ConfigError(f"backbone_type must be vit or resnet101, got {self.backbone_type!r}")
+        if self.backbone_type == "resnet101" and self.pyramid != "multiscale":
+            raise ConfigError("the ResNet baseline has its own FPN; leave pyramid at multiscale")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.num_classes < 1:
@@ -157,12 +164,15 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
         with torch.device(device):
             return build_mask_rcnn(cfg)
     norm_layer = norm_layer_for(cfg.norm)
-    backbone = ViTFeaturePyramid(
-        DetectionViT(_backbone_config(cfg)),
-        pyramid=cfg.pyramid,
-        out_channels=cfg.fpn_channels,
-        norm_layer=norm_layer,
-    )
+    if cfg.backbone_type == "resnet101":
+        backbone = build_resnet_fpn(norm_layer=norm_layer, out_channels=cfg.fpn_channels)
+    else:
+        backbone = ViTFeaturePyramid(
+            DetectionViT(_backbone_config(cfg)),
+            pyramid=cfg.pyramid,
+            out_channels=cfg.fpn_channels,
+            norm_layer=norm_layer,
+        )
     levels = backbone.feature_names
     if cfg.pyramid == "singlescale":
         # One map: every anchor size sits on it (as single-scale Faster R-CNN does).
