@@ -105,7 +105,10 @@ class ViTBackboneConfig:
         return replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The architecture, as converted files record it; ``attention`` is how to run it, not what it is."""
+        d = asdict(self)
+        d.pop("attention")
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ViTBackboneConfig:
