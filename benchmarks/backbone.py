@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=130)  # logs and pipes: keep the table on one line per row
+        console = Console(width=150)  # logs and pipes: keep the table on one line per row
     wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             impl, strategy, kernel, mode = job
             need = estimate_attention_bytes(args.model, args.size, strategy) if mode == "train" else 0
             if args.device == "cpu" and kernel.startswith("flex") and mode == "train":
-                runs[job].append({"status": "n/a: no flex backward on CPU"})
+                runs[job].append({"status": "n/a (CPU)"})  # torch's FlexAttention: no CPU backward
                 continue
             if available is not None and need > 0.7 * available:
                 gib = f"~{need / 2**30:.0f} GiB, {available / 2**30:.0f} free"
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = {k: f"{r[k] / base[k]:.2f}" if base["status"] == "ok" and base[k] else "n/a"
                  for k in ("time_s", "cpu_s", "peak_bytes")}
         table.add_row(
-            *head, f"{r['time_s']:.2f} s", ratio["time_s"], f"{r['cpu_s']:.1f} s", ratio["cpu_s"],
+            *head, f"{r['time_s']:.2f} s", ratio["time_s"], f"{r['cpu_s']:.2f} s", ratio["cpu_s"],
             f"{r['peak_bytes'] / 2**30:.2f} GiB", ratio["peak_bytes"],
         )
     console.print(table)
