@@ -13,6 +13,15 @@ wall time, and on CPU also the process's CPU time (all threads), steadier than w
     python benchmarks/backbone.py                 # ViT-B at 1024 px (CPU: several minutes per strategy)
     python benchmarks/backbone.py --size 512      # the same, 4× fewer tokens
     python benchmarks/backbone.py --quick         # 256 px, one timed iteration, no warmup (smoke run)
+    VITINIT_DETECTRON2_SRC=/path/to/detectron2 python benchmarks/backbone.py --against detectron2 \
+        --strategies window+4global --kernels sdpa,flex --modes train,inference --repeats 2 --size 512
+
+``--against detectron2`` runs the same job with upstream detectron2's ViT (ViTDet's backbone: window 14 with
+4 global blocks, decomposed relative positions, its explicit softmax attention) from the source tree in
+``$VITINIT_DETECTRON2_SRC`` (imported, never installed), interleaved with ours (A B A B … for ``--repeats``,
+each in a fresh process), and prints our time and peak memory as ratios of detectron2's. Kernels: ``sdpa``;
+``flex`` (on CPU inference-only, eager unless ``flex-compiled``, which compiles first during warmup).
+Mode ``inference`` is the forward alone under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,35 @@ STRATEGIES = {
     "global": ("all global", "all", False),
 }
 BASELINE = "window+4global"
+KERNELS = ("sdpa", "flex", "flex-compiled")
+MODES = ("train", "inference")
+D2_ENV = "VITINIT_DETECTRON2_SRC"
+
+
+def detectron2_vit(model: str, size: int, global_blocks: tuple[int, ...], ckpt: bool):
+    """Upstream detectron2's ViT as ViTDet configures it (``projects/ViTDet/configs``), from ``$D2_ENV``."""
+    import types
+    from functools import partial
+
+    import torch.nn as nn
+
+    from vitinit.variants import get_variant
+
+    src = os.environ.get(D2_ENV)
+    if not src:
+        raise SystemExit(f"--against detectron2 needs {D2_ENV} (a detectron2 source tree)")
+    sys.path.insert(0, src)
+    sys.modules.setdefault("detectron2._C", types.ModuleType("detectron2._C"))  # its ops are not needed
+    from detectron2.modeling.backbone.vit import ViT
+
+    v = get_variant(model)
+    return ViT(
+        img_size=size, patch_size=16, embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
+        mlp_ratio=v.mlp_hidden_dim / v.embed_dim, qkv_bias=True, drop_path_rate=0.0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6), window_size=14, use_rel_pos=True,
+        window_block_indexes=[i for i in range(v.depth) if i not in global_blocks],
+        use_act_checkpoint=ckpt, pretrain_img_size=224, pretrain_use_cls_token=True,
+    )
 
 
 def _rss_bytes() -> int:
@@ -79,21 +117,34 @@ def run_worker(args: argparse.Namespace) -> dict:
     _, which, ckpt = STRATEGIES[args.worker]
     depth = get_variant(args.model).depth
     global_blocks = {"none": (), "quarter": quarter_block_indexes(depth), "all": tuple(range(depth))}[which]
-    cfg = ViTBackboneConfig.for_variant(
-        args.model, img_size=args.size, global_block_indexes=global_blocks, use_act_checkpoint=ckpt,
-        out_indices=quarter_block_indexes(depth),
-    )
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = DetectionViT(cfg).to(device).train()
+    if args.impl == "detectron2":
+        model = detectron2_vit(args.model, args.size, global_blocks, ckpt)
+    else:
+        from vitinit.modeling import attention
+
+        attention.FLEX_COMPILE = True if args.kernel == "flex-compiled" else None
+        cfg = ViTBackboneConfig.for_variant(
+            args.model, img_size=args.size, global_block_indexes=global_blocks, use_act_checkpoint=ckpt,
+            out_indices=quarter_block_indexes(depth), attention=args.kernel.split("-")[0],
+        )
+        model = DetectionViT(cfg)
+    model = model.to(device).train()
     x = torch.randn(1, 3, args.size, args.size, device=device)
+    train = args.mode == "train"
+
+    def maps(out) -> list:
+        return list(out.values()) if isinstance(out, dict) else out  # detectron2 returns {name: map}
 
     def step() -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
-        loss = sum(f.float().mean() for f in model(x))
-        loss.backward()
+        with torch.set_grad_enabled(train):
+            loss = sum(f.float().mean() for f in maps(model(x)))
+        if train:
+            loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         model.zero_grad(set_to_none=True)
@@ -118,16 +169,28 @@ def run_worker(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "peak_bytes": peak}
 
 
-def run_strategy(args: argparse.Namespace, strategy: str) -> dict:
+def run_strategy(
+    args: argparse.Namespace, strategy: str, impl: str = "vitinit", kernel: str = "sdpa", mode: str = "train"
+) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", strategy, "--model", args.model, "--size", str(args.size),
         "--iters", str(args.iters), "--warmup", str(args.warmup), "--device", args.device,
+        "--impl", impl, "--kernel", kernel, "--mode", mode,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"status": f"failed: {last[:80]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median_result(runs: list[dict]) -> dict:
+    """One row from interleaved repeats: the median of each figure over the runs that succeeded."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return runs[-1]
+    return {"status": "ok", "threads": ok[0]["threads"],
+            **{k: statistics.median(r[k] for r in ok) for k in ("time_s", "cpu_s", "peak_bytes")}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,8 +201,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help=", ".join(STRATEGIES))
+    p.add_argument("--kernels", default="sdpa", help="attention kernels: " + ", ".join(KERNELS))
+    p.add_argument("--modes", default="train", help="train (forward + backward) and/or inference")
+    p.add_argument("--against", choices=["detectron2"], help="also run detectron2's ViT; ratios against it")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every job (median)")
     p.add_argument("--quick", action="store_true", help="256 px, 1 iteration, no warmup")
     p.add_argument("--worker", choices=list(STRATEGIES), help=argparse.SUPPRESS)
+    p.add_argument("--impl", default="vitinit", choices=["vitinit", "detectron2"], help=argparse.SUPPRESS)
+    p.add_argument("--kernel", default="sdpa", choices=KERNELS, help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="train", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.iters, args.warmup = 256, 1, 0
@@ -156,47 +226,81 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=110)  # logs and pipes: keep the table on one line per row
+        console = Console(width=150)  # logs and pipes: keep the table on one line per row
     wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in STRATEGIES]
-    if unknown:
-        p.error(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
-    if BASELINE not in wanted:
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for name, got, allowed in (("strategies", wanted, STRATEGIES), ("kernels", kernels, KERNELS),
+                               ("modes", modes, MODES)):
+        unknown = [x for x in got if x not in allowed]
+        if unknown:
+            p.error(f"unknown {name} {unknown}; choose from {list(allowed)}")
+    if args.against and not os.environ.get(D2_ENV):
+        p.error(f"--against detectron2 needs {D2_ENV} set to a detectron2 source tree")
+    if BASELINE not in wanted and not args.against:
         wanted.insert(0, BASELINE)  # ratios need the baseline measured in the same run
-    results = {}
-    available = _available_bytes() if args.device == "cpu" else None
+    # Jobs: (impl, strategy, kernel, mode); detectron2's ViT has one kernel (its explicit softmax).
+    jobs = []
     for strategy in wanted:
-        need = estimate_attention_bytes(args.model, args.size, strategy)
-        if available is not None and need > 0.7 * available:
-            gib = f"~{need / 2**30:.0f} GiB, {available / 2**30:.0f} free"
-            results[strategy] = {"status": f"skipped: needs {gib}"}
-            continue
-        what = f"{STRATEGIES[strategy][0]}: {args.warmup} warmup + {args.iters} timed iterations"
-        with console.status(what):
-            results[strategy] = run_strategy(args, strategy)
-        r = results[strategy]
-        console.log(f"{strategy}: " + (f"{r['time_s']:.2f} s, {r['peak_bytes'] / 2**30:.2f} GiB"
-                                       if r["status"] == "ok" else r["status"]))
+        for mode in modes:
+            if args.against:
+                jobs.append(("detectron2", strategy, "-", mode))
+            jobs += [("vitinit", strategy, k, mode) for k in kernels]
+    if BASELINE in wanted and not args.against and "sdpa" not in kernels:
+        jobs += [("vitinit", BASELINE, "sdpa", m) for m in modes]
+    runs: dict[tuple, list[dict]] = {job: [] for job in jobs}
+    available = _available_bytes() if args.device == "cpu" else None
+    for _ in range(max(1, args.repeats)):
+        for job in jobs:  # interleaved: A B A B … so drifting machine load hits every job alike
+            impl, strategy, kernel, mode = job
+            need = estimate_attention_bytes(args.model, args.size, strategy) if mode == "train" else 0
+            if args.device == "cpu" and kernel.startswith("flex") and mode == "train":
+                runs[job].append({"status": "n/a (CPU)"})  # torch's FlexAttention: no CPU backward
+                continue
+            if available is not None and need > 0.7 * available:
+                gib = f"~{need / 2**30:.0f} GiB, {available / 2**30:.0f} free"
+                runs[job].append({"status": f"skipped: needs {gib}"})
+                continue
+            with console.status(f"{impl} {strategy} {kernel} {mode}"):
+                r = run_strategy(args, strategy, impl if impl == "detectron2" else "vitinit",
+                                 "sdpa" if kernel == "-" else kernel, mode)
+            runs[job].append(r)
+            console.log(f"{impl} {strategy} {kernel} {mode}: " + (
+                f"{r['time_s']:.2f} s, {r['peak_bytes'] / 2**30:.2f} GiB" if r["status"] == "ok"
+                else r["status"]))
+    results = {job: _median_result(rs) for job, rs in runs.items()}
 
-    base = results[BASELINE]
-    table = Table(
-        title=f"ViT-{args.model.split('-')[-1].upper()} backbone, forward + backward, batch 1, "
-        f"{args.size}×{args.size}, {args.device}",
-        caption=f"median of {args.iters} after {args.warmup} warmup; memory = peak above the model at rest; "
-        f"ratios against '{STRATEGIES[BASELINE][0]}'",
+    def baseline(job: tuple) -> dict:
+        _, strategy, _, mode = job
+        key = ("detectron2", strategy, "-", mode) if args.against else ("vitinit", BASELINE, "sdpa", mode)
+        return results.get(key, {"status": "missing"})
+
+    against = (
+        "detectron2's ViT, same strategy and mode" if args.against else f"'{STRATEGIES[BASELINE][0]}' sdpa"
     )
-    table.add_column("strategy", no_wrap=True)
-    for col in ("time", "×", "CPU time", "×", "peak memory", "×"):
+    threads = {r.get("threads") for r in results.values() if r["status"] == "ok"}
+    table = Table(
+        title=f"ViT-{args.model.split('-')[-1].upper()} backbone, batch 1, {args.size}×{args.size}, "
+        f"{args.device}, {'/'.join(map(str, sorted(threads)))} thread(s)",
+        caption=f"median of {args.iters} after {args.warmup} warmup, {max(1, args.repeats)} interleaved "
+        f"round(s), each in a fresh process; memory = peak RSS (CPU) / max allocated (CUDA) above the model "
+        f"at rest; × = ratio against {against}",
+    )
+    for col in ("backbone", "blocks", "kernel", "mode"):
+        table.add_column(col, no_wrap=True)
+    for col in ("time", "×", "CPU time", "×", "peak mem", "×"):
         table.add_column(col, justify="right", no_wrap=True)
-    for strategy, r in results.items():
-        name = STRATEGIES[strategy][0]
+    for job, r in results.items():
+        impl, strategy, kernel, mode = job
+        head = (impl, strategy, kernel, mode)
         if r["status"] != "ok":
-            table.add_row(name, r["status"], *[""] * 5)
+            table.add_row(*head, r["status"], *[""] * 5)
             continue
-        ratio = {k: f"{r[k] / base[k]:.2f}" if base["status"] == "ok" else "n/a"
+        base = baseline(job)
+        ratio = {k: f"{r[k] / base[k]:.2f}" if base["status"] == "ok" and base[k] else "n/a"
                  for k in ("time_s", "cpu_s", "peak_bytes")}
         table.add_row(
-            name, f"{r['time_s']:.2f} s", ratio["time_s"], f"{r['cpu_s']:.1f} s", ratio["cpu_s"],
+            *head, f"{r['time_s']:.2f} s", ratio["time_s"], f"{r['cpu_s']:.2f} s", ratio["cpu_s"],
             f"{r['peak_bytes'] / 2**30:.2f} GiB", ratio["peak_bytes"],
         )
     console.print(table)

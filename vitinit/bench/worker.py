@@ -20,12 +20,14 @@ from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_r
 from vitinit.data.transforms import lsj_transform, test_transform
 from vitinit.engine import distributed as du
 from vitinit.engine import hooks as H
+from vitinit.engine.accumulation import accumulation_plan
 from vitinit.engine.optim import build_optimizer
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
 from vitinit.engine.trainer import Trainer
 from vitinit.errors import ConfigError, DatasetError
 from vitinit.evaluation.coco import COCOEvaluator
+from vitinit.evaluation.inference import inference_on_dataset
 from vitinit.modeling.mask_rcnn import build_mask_rcnn, convert_sync_batchnorm
 from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
 from vitinit.recipes.check import parse_recipe
@@ -120,6 +122,7 @@ def _train(
     data = build_datasets(recipe)
     torch.manual_seed(seed)  # same fresh weights on every rank
     backbone, state, provenance = load_weights(recipe)
+    backbone = backbone.replace(attention=recipe["model"].get("attention", "auto"))  # a run-time choice
     model = build_model(recipe, backbone, data.train.num_classes)
     if state is not None:
         load_backbone_state(model.backbone.vit, state)
@@ -148,6 +151,13 @@ def _train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
         )
+        du.register_grad_compression(ddp_model, t.get("grad_compression", "none"))
+    # train.batch_size is the global batch: micro-batches per GPU × accumulation steps × processes.
+    memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    images_per_gpu, accumulation = accumulation_plan(t["batch_size"], world, t.get("images_per_gpu"), memory)
+    if main:
+        log.info("%d images per process × %d accumulation steps × %d processes", images_per_gpu, accumulation,
+                 world)
 
     lr_hook = H.LRSchedule(
         warmup_iters=s["warmup_iters"],
@@ -183,6 +193,7 @@ def _train(
         device=device,
         amp=_amp(recipe, device),
         clip_grad_norm=o["clip_grad_norm"],
+        accumulation_steps=accumulation,
         hooks=[
             lr_hook,
             eval_hook,
@@ -194,7 +205,7 @@ def _train(
     if resume:
         trainer.load_state_dict(H.restore_rng(folder.load_checkpoint()))
         log.info("resuming %s at iteration %d", run_dir, trainer.start_iter)
-    trainer.data = _train_loader(data.train, recipe, trainer.start_iter, rank, world)
+    trainer.data = _train_loader(data.train, recipe, trainer.start_iter, rank, world, accumulation)
     try:
         trainer.train()
     except BaseException as err:
@@ -217,7 +228,7 @@ def _train(
 
 
 def _train_loader(
-    dataset: CocoDetection, recipe: dict, start_iter: int, rank: int, world: int
+    dataset: CocoDetection, recipe: dict, start_iter: int, rank: int, world: int, accumulation: int = 1
 ) -> torch.utils.data.DataLoader:
     seed = recipe["train"]["seed"]
     sampler = StreamSampler(
@@ -227,6 +238,7 @@ def _train_loader(
         start_iter=start_iter,
         rank=rank,
         world_size=world,
+        accumulation_steps=accumulation,
     )
     workers = recipe["data"]["num_workers"]
     # Its own generator: creating the loader's iterator would otherwise draw from the global RNG, which a
@@ -246,28 +258,12 @@ def run_evaluation(
 ) -> dict:
     """COCO box and mask AP of ``model`` on ``dataset`` (each rank scores its share; results are gathered)."""
     e = recipe["eval"]
-    indices = list(range(len(dataset)))[: e["max_images"] or None]
-    shard = indices[du.rank() :: du.world_size()]
     evaluator = COCOEvaluator(dataset.annotation_file, dataset.label_to_category)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, shard), batch_size=e["batch_size"], collate_fn=collate, num_workers=0
+    inference_on_dataset(
+        model, dataset, evaluator, device=device, collate_fn=collate,
+        indices=range(min(len(dataset), e["max_images"] or len(dataset))),
+        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0), amp=_amp(recipe, device),
     )
-    was_training = model.training
-    model.eval()
-    amp = _amp(recipe, device)
-    with torch.no_grad():
-        for images, targets in loader:
-            images = [im.to(device) for im in images]
-            ctx = (
-                torch.autocast(device.type, dtype=torch.bfloat16)
-                if amp == "bf16"
-                else torch.autocast(device.type, enabled=False)
-            )
-            with ctx:
-                outputs = model(images)
-            evaluator.process(targets, outputs)
-    model.train(was_training)
-    evaluator.gather()
     if du.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
         result = evaluator.evaluate(out_dir)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vitinit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -104,3 +106,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+GRAD_COMPRESSION = ("none", "bf16", "fp16")
+
+
+def register_grad_compression(model: torch.nn.Module, kind: str) -> None:
+    """Compress DDP's gradient all-reduce to 16 bits (``train.grad_compression``): torch's
+    ``default_hooks.bf16_compress_hook`` / ``fp16_compress_hook`` (ViTDet trains with fp16 compression).
+
+    Gradients are cast for the wire and restored to their dtype after the average; ``none`` or a model that is
+    not DDP-wrapped (one process) leaves everything as it is.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    if kind not in GRAD_COMPRESSION:
+        raise ConfigError(f"train.grad_compression must be one of {GRAD_COMPRESSION}, got {kind!r}")
+    if kind == "none" or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return
+    hook = default_hooks.bf16_compress_hook if kind == "bf16" else default_hooks.fp16_compress_hook
+    model.register_comm_hook(state=None, hook=hook)

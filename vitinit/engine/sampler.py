@@ -5,6 +5,10 @@ sample's augmentation are pure functions of (seed, position in the stream): posi
 stream is sample ``perm_e[p mod n]`` of epoch ``e = p // n``, and its augmentation runs under the seed
 ``(seed, p)``. Rank ``r`` of ``W`` takes every global batch's ``r``-th slice, so the same stream is cut the
 same way whatever the iteration we restart at.
+
+With gradient accumulation over ``S`` micro-batches a global batch is cut into ``S`` consecutive chunks of
+``W × micro`` positions, and rank ``r`` takes the ``r``-th slice of each: every optimizer step still sees
+exactly the global batch ``it × B .. (it + 1) × B - 1``, whatever ``W`` and ``S`` are.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from torch.utils.data import Dataset, Sampler
 
 
 class StreamSampler(Sampler[list[tuple[int, int]]]):
-    """Per-rank batches of ``(stream position, dataset index)`` from iteration ``start_iter`` on, forever."""
+    """Per-rank (micro-)batches of ``(stream position, dataset index)`` from iteration ``start_iter`` on,
+    forever: ``accumulation_steps`` micro-batches per iteration."""
 
     def __init__(
         self,
@@ -28,10 +33,15 @@ class StreamSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        accumulation_steps: int = 1,
     ) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"total batch size {batch_size} is not divisible by {world_size} processes")
+        if batch_size % (world_size * accumulation_steps):
+            raise ValueError(
+                f"total batch size {batch_size} is not divisible by {world_size} processes × "
+                f"{accumulation_steps} accumulation steps"
+            )
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.accumulation_steps = accumulation_steps
         self.start_iter, self.rank, self.world_size, self.shuffle = start_iter, rank, world_size, shuffle
         self._perm_epoch, self._perm = -1, torch.arange(size)
 
@@ -43,11 +53,12 @@ class StreamSampler(Sampler[list[tuple[int, int]]]):
         return int(self._perm[offset])
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        local = self.batch_size // self.world_size
+        micro = self.batch_size // self.world_size // self.accumulation_steps
         it = self.start_iter
         while True:
-            first = it * self.batch_size + self.rank * local
-            yield [(p, self._index(p)) for p in range(first, first + local)]
+            for step in range(self.accumulation_steps):
+                first = it * self.batch_size + (step * self.world_size + self.rank) * micro
+                yield [(p, self._index(p)) for p in range(first, first + micro)]
             it += 1
 
 

@@ -53,7 +53,10 @@ class Trainer:
         max_iter: number of iterations of the whole run.
         device: where the batches go.
         amp: None, "bf16" or "fp16" autocast (fp16 adds a gradient scaler).
-        clip_grad_norm: max total gradient norm, or None.
+        clip_grad_norm: max total norm of the accumulated gradient, or None.
+        accumulation_steps: micro-batches per iteration (see ``vitinit.engine.accumulation``): each one's
+            loss is divided by it, DDP's gradient all-reduce runs only on the last one (``no_sync`` before),
+            and the optimizer steps once. ``data`` then yields micro-batches; an iteration is one step.
         hooks: called in order (before_*) and reverse order is not needed: after_* run in the same order.
     """
 
@@ -68,7 +71,11 @@ class Trainer:
         amp: str | None = None,
         clip_grad_norm: float | None = None,
         hooks: Sequence[HookBase] = (),
+        accumulation_steps: int = 1,
     ) -> None:
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be ≥ 1, got {accumulation_steps}")
+        self.accumulation_steps = accumulation_steps
         self.model, self.optimizer, self.data = model, optimizer, data
         self.max_iter, self.device = max_iter, torch.device(device)
         if amp is not None and amp not in AMP_DTYPES:
@@ -115,8 +122,38 @@ class Trainer:
                 h.after_train()
 
     def run_step(self) -> None:
-        """Forward, backward, step: one iteration."""
+        """Forward and backward of each micro-batch, then one optimizer step: one iteration."""
         start = time.perf_counter()
+        steps = self.accumulation_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        total_sum = torch.zeros((), device=self.device)
+        for micro in range(steps):
+            total, values = self._forward_backward(last=micro == steps - 1)
+            total_sum += total.detach().float() / steps
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v / steps
+        # Checked once per step, after the last (synchronizing) backward, so every rank has taken part in the
+        # same all-reduces before all of them raise together; nothing has been applied to the weights yet.
+        if not _finite_on_every_rank(total_sum):
+            raise TrainingError(
+                f"non-finite loss at iteration {self.iter}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+                + "; the last checkpoint written before it is kept"
+                " (lower the lr, raise the warmup, or disable fp16)"
+            )
+        if self.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            self.last_grad_norm = float(norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.last_losses = {"loss": float(total_sum), **sums}
+        self.step_time = time.perf_counter() - start
+        self.completed = self.iter + 1
+
+    def _forward_backward(self, *, last: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch: loss / steps backward; DDP skips its gradient all-reduce unless ``last``."""
         images, targets = next(self._data_iter)
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [
@@ -127,28 +164,14 @@ class Trainer:
             if self.amp
             else contextlib.nullcontext()
         )
-        with autocast:
-            losses = self.model(images, targets)
-        total = sum(losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if not _finite_on_every_rank(total):
-            raise TrainingError(
-                f"non-finite loss at iteration {self.iter}: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                + "; the last checkpoint written before it is kept"
-                " (lower the lr, raise the warmup, or disable fp16)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        if self.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
-            self.last_grad_norm = float(norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.last_losses = {"loss": float(total.detach()), **values}
-        self.step_time = time.perf_counter() - start
-        self.completed = self.iter + 1
+        no_sync = getattr(self.model, "no_sync", None)
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+        with sync:
+            with autocast:
+                losses = self.model(images, targets)
+            total = sum(losses.values())
+            self.scaler.scale(total / self.accumulation_steps).backward()
+        return total, {k: float(v.detach()) for k, v in losses.items()}
 
     # --- state --------------------------------------------------------------------------------------
 

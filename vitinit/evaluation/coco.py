@@ -194,7 +194,15 @@ class COCOEvaluator:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (self.results, self.image_ids))
+        dist.all_gather_object(parts, self.state())
+        self.merge(parts)
+
+    def state(self) -> tuple[dict[str, list[dict]], list[int]]:
+        """What :meth:`gather` sends: this process's results and image ids."""
+        return self.results, self.image_ids
+
+    def merge(self, parts: Sequence[tuple[dict[str, list[dict]], list[int]]]) -> None:
+        """Replace the results by the concatenation of every process's :meth:`state`, in rank order."""
         self.results = {t: [r for res, _ in parts for r in res[t]] for t in IOU_TYPES}
         self.image_ids = sorted({i for _, ids in parts for i in ids})
 

@@ -14,50 +14,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from vitinit.errors import ConfigError
+from vitinit.modeling.attention import (
+    ATTENTION_KERNELS,
+    Attention,
+    RelativePositionBias,
+    RelPosTable,
+    resolve_kernel,
+    window_partition,
+    window_unpartition,
+)
+from vitinit.modeling.layers import DropPath, Mlp
 from vitinit.ops.pos_embed import resize_abs_pos_embed
-from vitinit.ops.rel_pos import gather_rel_pos_bias, relative_position_index, resize_rel_pos_table
 from vitinit.variants import get_variant
-
-# Deliberately not timm.layers' Mlp/DropPath: importing timm.layers costs ~2 s (its torch.fx machinery)
-# on every `vitinit convert`, which needs this module only for the key/shape manifest. The two modules
-# below keep timm's parameter names (mlp.fc1 / mlp.fc2) and semantics.
-
-
-class Mlp(nn.Module):
-    """fc1 → GELU → fc2, named as timm's ``Mlp`` so checkpoints map one to one."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (Huang et al. 2016), as timm's ``DropPath``."""
-
-    def __init__(self, drop_prob: float) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
 
 REL_POS_STYLES = ("shared", "per_block", "none")
 
@@ -94,9 +69,11 @@ class ViTBackboneConfig:
     drop_path_rate: float = 0.0
     use_act_checkpoint: bool = False  # activation checkpointing, per block
     out_indices: tuple[int, ...] | None = None  # blocks whose outputs are returned; None = the global ones
-    extra: dict = field(default_factory=dict, compare=False)  # free-form notes, never read by the model
+    attention: str = "auto"  # sdpa | flex | auto (vitinit.modeling.attention); a run-time choice, not weights
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
         if self.rel_pos not in REL_POS_STYLES:
             raise ConfigError(f"rel_pos must be one of {REL_POS_STYLES}, got {self.rel_pos!r}")
         if self.embed_dim % self.num_heads:
@@ -133,92 +110,19 @@ class ViTBackboneConfig:
         return replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The architecture, as converted files record it; ``attention`` is how to run it, not what it is."""
+        d = asdict(self)
+        d.pop("attention")
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ViTBackboneConfig:
         d = json.loads(text)
+        d.pop("extra", None)  # a free-form field of files written before it was removed (never read)
         for k in ("global_block_indexes", "out_indices"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
-
-
-class RelativePositionBias(nn.Module):
-    """One BEiT-style table (one scalar per head per 2-D offset) for a window of ``grid`` tokens.
-
-    Zero-initialized, as BEiT and the paper do for methods without pre-trained tables.
-    """
-
-    def __init__(self, grid: tuple[int, int], num_heads: int) -> None:
-        super().__init__()
-        self.grid = tuple(grid)
-        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
-        # The index is a deterministic function of the grid: recomputed, never stored (as timm and BEiT).
-        # On the meta device (key/shape manifests) only its shape is needed: computing it there would route
-        # arange through torch's decompositions, which import sympy and cost ~1 s and ~150 MB.
-        n = grid[0] * grid[1]
-        table = self.relative_position_bias_table
-        index = (
-            torch.empty((n, n), dtype=torch.long, device="meta")
-            if table.is_meta
-            else relative_position_index(self.grid).to(table.device)
-        )
-        self.register_buffer("index", index, persistent=False)
-
-    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(H, N, N) bias for a token grid; a larger grid than the table's resizes the table (bicubic)."""
-        grid = tuple(grid)
-        if grid == self.grid:
-            return gather_rel_pos_bias(self.relative_position_bias_table, self.index)
-        table, table_grid = self.relative_position_bias_table, self.grid
-        if grid[0] > table_grid[0] or grid[1] > table_grid[1]:
-            side = max(grid[0], grid[1], *table_grid)
-            table = resize_rel_pos_table(table, (side, side), method="bicubic")
-            table_grid = (side, side)
-        index = relative_position_index(grid, table_grid).to(table.device)
-        return gather_rel_pos_bias(table, index)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` with an additive bias."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b, n, c = x.shape  # (batch * windows, tokens, dim)
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        if bias is not None:
-            bias = bias.to(qkv.dtype).unsqueeze(0)  # (1, H, N, N) broadcasts over batch*windows
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W, C) → (B·nW, window², C), zero-padding H and W up to multiples of ``window``."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c), (hp, wp)
-
-
-def window_unpartition(
-    x: torch.Tensor, window: int, padded: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, cropping the padding away."""
-    hp, wp = padded
-    b = x.shape[0] // (hp * wp // window // window)
-    x = x.view(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, : hw[0], : hw[1]].contiguous()
 
 
 class Block(nn.Module):
@@ -249,7 +153,10 @@ class Block(nn.Module):
         # Per-block table (option); the shared tables live on the backbone.
         self.rel_pos = RelativePositionBias(rel_pos_grid, num_heads) if rel_pos_grid else None
 
-    def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | RelPosTable | None, flex: bool = False
+    ) -> torch.Tensor:
+        """``shared_bias``: the backbone's dense bias (sdpa) or table (``flex``) for this block's kind."""
         b, h, w, c = x.shape
         y = self.norm1(x)
         if self.window_size:
@@ -257,7 +164,9 @@ class Block(nn.Module):
             grid = (self.window_size, self.window_size)
         else:
             y, grid = y.reshape(b, h * w, c), (h, w)
-        bias = self.rel_pos(grid) if self.rel_pos is not None else shared_bias
+        bias = shared_bias
+        if self.rel_pos is not None:
+            bias = self.rel_pos.table_for(grid) if flex else self.rel_pos(grid)
         y = self.attn(y, bias)
         if self.window_size:
             y = window_unpartition(y, self.window_size, padded, (h, w))
@@ -341,15 +250,18 @@ class DetectionViT(nn.Module):
         grid = (x.shape[1], x.shape[2])
         if self.pos_embed is not None:
             x = x + self.abs_pos(grid)
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        flex = resolve_kernel(self.config.attention, x.device, needs_grad=needs_grad) == "flex"
         window_bias = global_bias = None
         if self.config.rel_pos == "shared":
             # Gathered once per forward and shared by every block of its kind; skipped when no block of that
-            # kind exists (the global bias alone is heads × 4096² floats at 1024 px).
+            # kind exists (the global bias alone is heads × 4096² floats at 1024 px). flex reads the tables
+            # themselves, so no N×N bias is made.
             ws = self.config.window_size
             if any(blk.window_size for blk in self.blocks):
-                window_bias = self.rel_pos_window((ws, ws))
+                window_bias = (self.rel_pos_window.table_for if flex else self.rel_pos_window)((ws, ws))
             if any(not blk.window_size for blk in self.blocks):
-                global_bias = self.rel_pos_global(grid)
+                global_bias = (self.rel_pos_global.table_for if flex else self.rel_pos_global)(grid)
             if torch.is_autocast_enabled(x.device.type):
                 # Cast once here, not in each block: every cast copy of the global bias (~400 MB for ViT-B
                 # at 1024 px in bf16) would otherwise be kept for the backward pass of each global block.
@@ -361,9 +273,9 @@ class DetectionViT(nn.Module):
         for i, blk in enumerate(self.blocks):
             bias = window_bias if blk.window_size else global_bias
             if self.config.use_act_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, bias, flex, use_reentrant=False)
             else:
-                x = blk(x, bias)
+                x = blk(x, bias, flex)
             if i in wanted:
                 outs.append(x.permute(0, 3, 1, 2))
         return outs
