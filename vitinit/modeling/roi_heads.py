@@ -141,16 +141,13 @@ class RoIHeads(nn.Module):
         fg = [lab > 0 for lab in labels]
         fg_rois = [r[f] for r, f in zip(rois, fg, strict=True)]
         logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(maps, fg_rois)))
-        fg_labels = torch.cat([lab[f] for lab, f in zip(labels, fg, strict=True)])
-        if len(fg_labels) == 0:
-            return logits.sum() * 0.0
-        size = logits.shape[-1]
-        gt = torch.cat([
-            crop_mask_targets(t["masks"], r, m[f], size)
-            for t, r, m, f in zip(targets, fg_rois, matched, fg, strict=True)
-        ])
-        picked = logits[torch.arange(len(fg_labels), device=logits.device), fg_labels]
-        return F.binary_cross_entropy_with_logits(picked.float(), gt)
+        return mask_rcnn_loss(
+            logits,
+            fg_rois,
+            [lab[f] for lab, f in zip(labels, fg, strict=True)],
+            [m[f] for m, f in zip(matched, fg, strict=True)],
+            [t["masks"] for t in targets],
+        )
 
     # --- inference ----------------------------------------------------------------------------------
 
@@ -190,3 +187,21 @@ class RoIHeads(nn.Module):
         logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(maps, boxes)))
         probs = logits.float()[torch.arange(len(label), device=label.device), label].sigmoid()[:, None]
         return list(probs.split([len(b) for b in boxes]))
+
+
+def mask_rcnn_loss(
+    logits: torch.Tensor,
+    rois: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    matched: list[torch.Tensor],
+    masks: list[torch.Tensor],
+) -> torch.Tensor:
+    """Mean per-pixel BCE of each foreground RoI's mask logits (R, K + 1, M, M) for its class, against its
+    instance bitmap cropped to the RoI (detectron2's ``mask_rcnn_loss``); zero, with a graph, without RoIs."""
+    label = torch.cat(labels)
+    if len(label) == 0:
+        return logits.sum() * 0.0
+    size = logits.shape[-1]
+    gt = torch.cat([crop_mask_targets(m, r, i, size) for m, r, i in zip(masks, rois, matched, strict=True)])
+    picked = logits[torch.arange(len(label), device=logits.device), label]
+    return F.binary_cross_entropy_with_logits(picked.float(), gt)
