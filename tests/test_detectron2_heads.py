@@ -218,3 +218,119 @@ def test_roi_head_losses_and_inference_match_detectron2(d2):
         torch.testing.assert_close(o["boxes"], w.pred_boxes.tensor, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(o["scores"], w.scores, rtol=1e-5, atol=1e-6)
         assert torch.equal(o["labels"], w.pred_classes + 1)
+
+
+# ------------------------------------------------------------------------- the whole detector, mapped
+
+
+def _bn(state: dict, prefix: str, bn: torch.nn.Module) -> None:
+    for k, v in bn.state_dict().items():
+        state[f"{prefix}.{k}"] = v
+
+
+def detectron2_mask_rcnn(d2, model: torch.nn.Module) -> torch.nn.Module:
+    """detectron2's ``GeneralizedRCNN`` holding ``model``'s backbone module and its heads' weights.
+
+    The heads' layouts differ only in names and in the background class: torchvision's at index 0,
+    detectron2's last (scores) or absent (box deltas, mask logits). BN-norm models only.
+    """
+    from detectron2.modeling import Backbone, GeneralizedRCNN, ShapeSpec
+    from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead, StandardROIHeads
+
+    cfg, ours = model.config, model.roi_heads
+    names = list(model.backbone.feature_names)
+    d2_names = [f"p{i + 2}" for i in range(len(names))]
+    strides = [model.backbone.feature_strides[n] for n in names]
+    c, k = model.backbone.out_channels, cfg.num_classes
+
+    class Wrapped(Backbone):
+        def __init__(self, pyramid):
+            super().__init__()
+            self.pyramid = pyramid
+            self._out_features = d2_names
+            self._out_feature_strides = dict(zip(d2_names, strides, strict=True))
+            self._out_feature_channels = dict.fromkeys(d2_names, c)
+
+        @property
+        def padding_constraints(self):
+            return {"size_divisibility": 32, "square_size": cfg.max_size if cfg.square_pad else 0}
+
+        def forward(self, x):
+            return dict(zip(d2_names, self.pyramid(x).values(), strict=True))
+
+    rpn = d2_rpn_like(d2, model)
+    rpn.in_features = d2_names
+    scales = [1.0 / s for s in strides[:4]]
+    box_head = FastRCNNConvFCHead(ShapeSpec(channels=c, height=7, width=7),
+                                  conv_dims=[c] * cfg.box_head_convs, fc_dims=[cfg.box_head_fc], conv_norm="BN")
+    predictor = d2.fast_rcnn.FastRCNNOutputLayers(
+        ShapeSpec(channels=cfg.box_head_fc),
+        box2box_transform=d2.box_regression.Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
+        num_classes=k, test_score_thresh=cfg.box_score_thresh, test_nms_thresh=cfg.box_nms_thresh,
+        test_topk_per_image=cfg.box_detections_per_img, smooth_l1_beta=0.0,
+    )
+    mask_head = MaskRCNNConvUpsampleHead(ShapeSpec(channels=c, height=14, width=14), num_classes=k,
+                                         conv_dims=[c] * (cfg.mask_head_convs + 1), conv_norm="BN")
+    heads = StandardROIHeads(
+        box_in_features=d2_names[:4], box_pooler=d2.poolers.ROIPooler(7, scales, 0, "ROIAlignV2"),
+        box_head=box_head, box_predictor=predictor, mask_in_features=d2_names[:4],
+        mask_pooler=d2.poolers.ROIPooler(14, scales, 0, "ROIAlignV2"), mask_head=mask_head, num_classes=k,
+        batch_size_per_image=cfg.box_batch_size_per_image, positive_fraction=cfg.box_positive_fraction,
+        proposal_matcher=d2.matcher.Matcher([0.5], [0, 1], allow_low_quality_matches=False),
+    )
+    state: dict[str, torch.Tensor] = {}
+    for i in range(cfg.box_head_convs):
+        state[f"conv{i + 1}.weight"] = ours.box_head[i][0].weight
+        _bn(state, f"conv{i + 1}.norm", ours.box_head[i][1])
+    state["fc1.weight"], state["fc1.bias"] = ours.box_head[-2].weight, ours.box_head[-2].bias
+    box_head.load_state_dict(state)
+    order = list(range(1, k + 1)) + [0]
+    p = ours.box_predictor
+    predictor.load_state_dict({
+        "cls_score.weight": p.cls_score.weight[order], "cls_score.bias": p.cls_score.bias[order],
+        "bbox_pred.weight": p.bbox_pred.weight[4:], "bbox_pred.bias": p.bbox_pred.bias[4:],
+    })
+    state = {}
+    for i in range(cfg.mask_head_convs):
+        state[f"mask_fcn{i + 1}.weight"] = ours.mask_head[i][0].weight
+        _bn(state, f"mask_fcn{i + 1}.norm", ours.mask_head[i][1])
+    mp = ours.mask_predictor
+    state.update({
+        "deconv.weight": mp.conv5_mask.weight, "deconv.bias": mp.conv5_mask.bias,
+        "predictor.weight": mp.mask_fcn_logits.weight[1:], "predictor.bias": mp.mask_fcn_logits.bias[1:],
+    })
+    mask_head.load_state_dict(state)
+    return GeneralizedRCNN(backbone=Wrapped(model.backbone), proposal_generator=rpn, roi_heads=heads,
+                           pixel_mean=list(cfg.image_mean), pixel_std=list(cfg.image_std), input_format="RGB")
+
+
+def detectron2_detect(d2_model, model, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """detectron2's detections for ``image`` (0..1, CHW), resized as our transform does, in our format."""
+    model.transform.eval()
+    resized = model.transform.resize(image, None)[0]
+    with torch.no_grad():
+        (out,) = d2_model([{"image": resized, "height": image.shape[1], "width": image.shape[2]}])
+    inst = out["instances"]
+    return {"boxes": inst.pred_boxes.tensor, "scores": inst.scores, "labels": inst.pred_classes + 1,
+            "masks": inst.pred_masks}
+
+
+def test_the_whole_detector_matches_detectron2s_generalized_rcnn(d2):
+    model = tiny_model(size=160)
+    model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():  # heads that tell classes and positions apart (the init would score all ~1/4)
+        for p in model.roi_heads.parameters():
+            p.normal_(0, 0.2)
+    model.eval()
+    d2_model = detectron2_mask_rcnn(d2, model).eval()
+    g = torch.Generator().manual_seed(3)
+    for h, w in ((107, 160), (160, 120), (60, 80)):  # COCO's 640×427, 480×640, 320×240 at a quarter
+        image = torch.rand(3, h, w, generator=g)
+        with torch.no_grad():
+            (ours,) = model([image])
+        want = detectron2_detect(d2_model, model, image)
+        assert len(ours["boxes"]) == len(want["boxes"]) > 10
+        torch.testing.assert_close(ours["boxes"], want["boxes"], rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(ours["scores"], want["scores"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(ours["labels"], want["labels"])
+        assert torch.equal(ours["masks"][:, 0] >= 0.5, want["masks"])
