@@ -261,8 +261,9 @@ def detectron2_mask_rcnn(d2, model: torch.nn.Module) -> torch.nn.Module:
     rpn = d2_rpn_like(d2, model)
     rpn.in_features = d2_names
     scales = [1.0 / s for s in strides[:4]]
-    box_head = FastRCNNConvFCHead(ShapeSpec(channels=c, height=7, width=7),
-                                  conv_dims=[c] * cfg.box_head_convs, fc_dims=[cfg.box_head_fc], conv_norm="BN")
+    box_shape = ShapeSpec(channels=c, height=7, width=7)
+    box_head = FastRCNNConvFCHead(box_shape, conv_dims=[c] * cfg.box_head_convs, fc_dims=[cfg.box_head_fc],
+                                  conv_norm="BN")
     predictor = d2.fast_rcnn.FastRCNNOutputLayers(
         ShapeSpec(channels=cfg.box_head_fc),
         box2box_transform=d2.box_regression.Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
