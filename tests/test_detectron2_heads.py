@@ -100,18 +100,19 @@ def test_mask_targets_and_paste_match_detectron2(d2):
 
 def d2_rpn_like(d2, model):
     """detectron2's RPN with our RPN's settings and head weights."""
-    ours = model.rpn
-    head = d2.rpn.StandardRPNHead(in_channels=16, num_anchors=3, conv_dims=[16, 16])
+    ours, cfg, c = model.rpn, model.config, model.backbone.out_channels
+    head = d2.rpn.StandardRPNHead(in_channels=c, num_anchors=ours.anchor_generator.num_anchors,
+                                  conv_dims=[c] * cfg.rpn_conv_depth)
     state = {}
-    for i in range(2):
+    for i in range(cfg.rpn_conv_depth):
         state[f"conv.conv{i}.weight"] = ours.head.conv[i][0].weight
         state[f"conv.conv{i}.bias"] = ours.head.conv[i][0].bias
     for a, b in (("objectness_logits", "cls_logits"), ("anchor_deltas", "bbox_pred")):
         state[f"{a}.weight"], state[f"{a}.bias"] = getattr(ours.head, b).weight, getattr(ours.head, b).bias
     head.load_state_dict(state)
     gen = d2.modeling.anchor_generator.DefaultAnchorGenerator(
-        sizes=[[32.0], [64.0], [128.0], [256.0], [512.0]], aspect_ratios=[[0.5, 1.0, 2.0]],
-        strides=[4, 8, 16, 32, 64], offset=0.0,
+        sizes=[[float(s)] for s in cfg.anchor_sizes], aspect_ratios=[list(cfg.aspect_ratios)],
+        strides=[model.backbone.feature_strides[n] for n in model.backbone.feature_names], offset=0.0,
     )
     return d2.rpn.RPN(
         in_features=list(model.backbone.feature_names), head=head, anchor_generator=gen,
