@@ -124,9 +124,11 @@ def test_predictors_start_as_detectron2s():
     p = model.roi_heads.box_predictor
     assert p.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert p.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
-    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.std().item() == pytest.approx(0.001, rel=0.1)
-    for layer in (p.cls_score, p.bbox_pred, model.roi_heads.mask_predictor.mask_fcn_logits):
+    for layer in (p.cls_score, p.bbox_pred):
         assert torch.all(layer.bias == 0)
+    # The mask logits keep torchvision's He init (fan out, 81 × 1 × 1): see init_box_predictor.
+    w = model.roi_heads.mask_predictor.mask_fcn_logits.weight
+    assert w.std().item() == pytest.approx(math.sqrt(2 / 81), rel=0.1)
 
 
 # ------------------------------------------------------------------------------------------------- masks
