@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
+from vitinit.errors import ConfigError
 from vitinit.modeling.anchors import CellAnchorGenerator, cell_anchors
 from vitinit.modeling.box_regression import box_regression_loss
 from vitinit.modeling.mask_ops import crop_mask_targets, paste_masks_in_image
@@ -124,11 +125,17 @@ def test_predictors_start_as_detectron2s():
     p = model.roi_heads.box_predictor
     assert p.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert p.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
-    for layer in (p.cls_score, p.bbox_pred):
+    masks = model.roi_heads.mask_predictor.mask_fcn_logits
+    assert masks.weight.std().item() == pytest.approx(0.001, rel=0.1)
+    for layer in (p.cls_score, p.bbox_pred, masks):
         assert torch.all(layer.bias == 0)
-    # The mask logits keep torchvision's He init (fan out, 81 × 1 × 1): see init_box_predictor.
-    w = model.roi_heads.mask_predictor.mask_fcn_logits.weight
+    # The short-run option keeps torchvision's: He init of the mask logits (fan out 81 × 1 × 1).
+    tv = build_mask_rcnn(tiny_config(num_classes=80, box_head_fc=512, predictor_init="torchvision"))
+    w = tv.roi_heads.mask_predictor.mask_fcn_logits.weight
     assert w.std().item() == pytest.approx(math.sqrt(2 / 81), rel=0.1)
+    assert tv.roi_heads.box_predictor.cls_score.weight.std().item() > 0.02
+    with pytest.raises(ConfigError, match="predictor_init"):
+        tiny_config(predictor_init="xavier")
 
 
 # ------------------------------------------------------------------------------------------------- masks
