@@ -12,11 +12,18 @@ from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
-from vitinit.data.synthetic import CATEGORIES, SyntheticSpec, synthetic_coco
-from vitinit.data.transforms import IMAGENET_MEAN_UINT8, FixedSizeCrop, lsj_transform, test_transform
-from vitinit.errors import DatasetError
+from vitinit.data.synthetic import CATEGORIES, COCO_SIZES, SyntheticSpec, synthetic_coco
+from vitinit.data.transforms import (
+    IMAGENET_MEAN_UINT8,
+    FixedSizeCrop,
+    ScaleJitter,
+    ShrinkBoxesToMasks,
+    lsj_transform,
+    test_transform,
+)
+from vitinit.errors import ConfigError, DatasetError
 
-SPEC = SyntheticSpec(num_train=12, num_val=4, image_size=64, seed=3)
+SPEC = SyntheticSpec(num_train=12, num_val=4, image_size=96, seed=3)  # COCO shapes: 96×72 ... 48×36
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,7 @@ def test_synthetic_is_deterministic_and_cached(splits, tmp_path):
     mtime = again.val_annotations.stat().st_mtime_ns
     assert synthetic_coco(SPEC, cache_dir=tmp_path).val_annotations.stat().st_mtime_ns == mtime
     # Another seed is another dataset.
-    other = synthetic_coco(SyntheticSpec(num_train=12, num_val=4, image_size=64, seed=4), cache_dir=tmp_path)
+    other = synthetic_coco(SyntheticSpec(num_train=12, num_val=4, image_size=96, seed=4), cache_dir=tmp_path)
     assert other.root != again.root
     assert other.train_annotations.read_bytes() != again.train_annotations.read_bytes()
 
@@ -56,11 +63,30 @@ def test_synthetic_content(splits):
     assert overlaps > 0
     # Masks decode to the annotated area and the box is the mask's box.
     image, target = ds[0]
-    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+    info = coco["images"][0]
+    assert image.shape == (3, info["height"], info["width"]) and image.dtype == torch.uint8
     assert target["masks"].shape[0] == target["labels"].shape[0] == target["boxes"].shape[0] > 0
     assert torch.allclose(
         masks_to_boxes(target["masks"]), target["boxes"] - torch.tensor([0, 0, 1, 1]), atol=1e-4
     )
+
+
+def test_synthetic_images_have_cocos_shapes(tmp_path):
+    spec = SyntheticSpec(num_train=40, num_val=2, image_size=160, max_objects=2, seed=5)
+    coco = json.loads(synthetic_coco(spec, cache_dir=tmp_path).train_annotations.read_text())
+    shapes = {(im["width"], im["height"]) for im in coco["images"]}
+    assert {(160, 120), (160, 107), (120, 160)} <= shapes  # 640×480, 640×427 / 426, 480×640 at a quarter
+    assert shapes <= {(round(w / 4), round(h / 4)) for w, h in COCO_SIZES}
+    assert any(w > h for w, h in shapes) and any(w < h for w, h in shapes) and max(shapes) == (160, 160)
+    for a in coco["annotations"]:  # objects anywhere on the image, inside it
+        im = coco["images"][a["image_id"] - 1]
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and x + w <= im["width"] and 0 <= y and y + h <= im["height"]
+    square = SyntheticSpec(num_train=2, num_val=1, image_size=48, sizes="square")
+    assert {(im["width"], im["height"]) for im in json.loads(
+        synthetic_coco(square, cache_dir=tmp_path).train_annotations.read_text())["images"]} == {(48, 48)}
+    with pytest.raises(ConfigError, match="sizes"):
+        SyntheticSpec(sizes="round")
 
 
 def _overlap(a, b) -> bool:
@@ -117,10 +143,10 @@ def test_empty_dataset(splits, tmp_path):
 
 def test_unreadable_and_wrong_size_image(splits, tmp_path):
     images, ann, coco = _copy(splits, tmp_path)
-    name = coco["images"][0]["file_name"]
+    name, w, h = (coco["images"][0][k] for k in ("file_name", "width", "height"))
     Image.new("RGB", (10, 10)).save(images / name)
     ds = CocoDetection(images, ann)
-    with pytest.raises(DatasetError, match="10x10 but the JSON says 64x64"):
+    with pytest.raises(DatasetError, match=f"10x10 but the JSON says {w}x{h}"):
         ds[0]
     (images / name).write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="cannot be read"):
@@ -155,8 +181,70 @@ def test_lsj_output_and_targets(splits):
         n = target["labels"].shape[0]
         assert target["boxes"].shape == (n, 4) and target["masks"].shape == (n, *image.shape[1:])
         if n:
-            # Boxes are the tight boxes of the cropped masks (detectron2 recomputes them after the crop).
-            assert torch.equal(masks_to_boxes(target["masks"]) + torch.tensor([0, 0, 1, 1]), target["boxes"])
+            # Boxes and masks agree to the pixel (boxes exact, masks resized at pixel centres).
+            tight = masks_to_boxes(target["masks"]) + torch.tensor([0, 0, 1, 1])
+            assert (target["boxes"] - tight).abs().max() <= 1.0 + 1e-4
+            h, w = image.shape[1:]
+            assert (target["boxes"][:, 2] <= w).all() and (target["boxes"][:, 3] <= h).all()
+
+
+def _one_object(box: list[float], hw: tuple[int, int]) -> tuple[tv_tensors.Image, dict]:
+    image = tv_tensors.Image(torch.zeros(3, *hw, dtype=torch.uint8))
+    x0, y0, x1, y1 = (int(v) for v in box)
+    masks = torch.zeros(1, *hw, dtype=torch.uint8)
+    masks[0, y0:y1, x0:x1] = 1
+    target = {"boxes": tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=hw),
+              "masks": tv_tensors.Mask(masks), "labels": torch.tensor([1])}
+    return image, target
+
+
+@pytest.mark.parametrize("scale", [0.37, 0.61, 0.83, 1.0])
+def test_lsj_boxes_are_scaled_with_the_image_without_the_nearest_mask_bias(scale):
+    """detectron2 transforms boxes with the image; re-deriving them from NEAREST-resized masks shifted
+    every edge down-right (+0.2…+0.46 px on average)."""
+    image, target = _one_object([20.0, 10.0, 40.0, 30.0], (50, 60))
+    # Factors 0.62 … 1.67 of the image; the 100-px window holds the result whole (no crop).
+    t = lsj_transform(100, scale_range=(scale, scale), flip=False)
+    out, got = t(image, target)
+    (h, w) = out.shape[1:]
+    r = min(100 / 50, 100 / 60) * scale  # ScaleJitter's factor, then whole pixels per axis
+    assert (h, w) == (int(50 * r), int(60 * r))
+    sx, sy = w / 60, h / 50
+    torch.testing.assert_close(got["boxes"].as_subclass(torch.Tensor),
+                               torch.tensor([[20 * sx, 10 * sy, 40 * sx, 30 * sy]]), rtol=0, atol=1e-4)
+    # The mask is resized at pixel centres: its edges are within half a pixel of the box's.
+    tight = masks_to_boxes(got["masks"]) + torch.tensor([0, 0, 1, 1])
+    assert (tight - got["boxes"]).abs().max() <= 0.5 + 1e-4
+
+
+def test_scale_jitter_resizes_masks_at_pixel_centres():
+    mask = tv_tensors.Mask(torch.zeros(1, 10, 10, dtype=torch.uint8))
+    mask[0, 2:8, 2:8] = 1
+    out = ScaleJitter(target_size=(10, 10), scale_range=(0.5, 0.5))(mask)
+    assert out[0].tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0],
+                               [0, 0, 0, 0, 0]]  # legacy NEAREST would give rows/cols 1..3 of 0..4 too
+    # ... but for 2:7 legacy NEAREST samples 0, 2, 4, 6, 8 → 1..3, NEAREST_EXACT 1, 3, 5, 7, 9 → 1..2.
+    mask[0] = 0
+    mask[0, 2:7, 2:7] = 1
+    out = ScaleJitter(target_size=(10, 10), scale_range=(0.5, 0.5))(mask)
+    assert torch.nonzero(out[0].any(0)).squeeze(1).tolist() == [1, 2]
+
+
+def test_boxes_cut_by_the_crop_shrink_to_the_part_left_in_it():
+    # A disc of radius 10 centred at (30, 20), cut by a crop at x = 25: inside, it spans y 11..29, not 10..30.
+    yy, xx = torch.meshgrid(torch.arange(40) + 0.5, torch.arange(25) + 0.5, indexing="ij")
+    disc = ((xx - 30) ** 2 + (yy - 20) ** 2 <= 100).to(torch.uint8)[None]
+    box = tv_tensors.BoundingBoxes([[20.0, 10.0, 25.0, 30.0]], format="XYXY", canvas_size=(40, 25))
+    target = {"boxes": box, "masks": tv_tensors.Mask(disc), "labels": torch.tensor([1])}
+    _, out = ShrinkBoxesToMasks()(None, target)
+    tight = masks_to_boxes(disc) + torch.tensor([0, 0, 1, 1])
+    assert tight.tolist() == [[20.0, 12.0, 25.0, 28.0]]
+    assert out["boxes"].tolist() == [[20.0, 11.0, 25.0, 29.0]]  # within 1 px of the visible part
+    # An uncut object keeps its exact box; an emptied one gets an empty box (then dropped).
+    image, one = _one_object([20.3, 10.6, 40.2, 30.1], (50, 60))
+    assert ShrinkBoxesToMasks()(image, one)[1]["boxes"].tolist() == one["boxes"].tolist()
+    one["masks"][:] = 0
+    assert ShrinkBoxesToMasks()(image, one)[1]["boxes"].tolist() == [[0.0, 0.0, 0.0, 0.0]]
 
 
 def test_fixed_size_crop_pads_bottom_right():
@@ -184,7 +272,8 @@ def test_test_transform_and_collate(splits):
     ds = CocoDetection(splits.val_images, splits.val_annotations, transforms=test_transform())
     image, target = ds[0]
     assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
-    assert image.shape == (3, 64, 64)
+    info = ds.coco.imgs[ds.ids[0]]
+    assert image.shape == (3, info["height"], info["width"])
     images, targets = collate([ds[0], ds[1]])
     assert len(images) == len(targets) == 2 and targets[1]["image_id"] == ds.ids[1]
 

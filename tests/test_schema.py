@@ -111,7 +111,7 @@ def test_the_typed_view_builds_the_detector_config():
     assert recipe.optim.lr == 2e-3 and recipe.schedule.iters == 200 and recipe.train.batch_size == 4
     assert recipe.data.train.images and recipe.eval.num_workers == 0
     cfg = recipe.detector_config(ViTBackboneConfig(), num_classes=3)
-    assert (cfg.box_head_fc, cfg.min_size, cfg.norm) == (256, 128, "BN")
+    assert (cfg.box_head_fc, cfg.min_size, cfg.norm) == (256, 160, "BN")
     assert cfg.anchor_sizes == (16, 32, 64, 128, 256)
     assert recipe.synthetic_spec().num_train == 256
 

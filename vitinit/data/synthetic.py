@@ -8,7 +8,10 @@ What makes it a detection problem rather than a colour-thresholding one:
 
 - four classes that differ by *shape* (circle, rectangle, triangle, ring); colours are random per instance
   (``class_colours=True`` gives each class a typical colour instead: the demo's easier variant);
-- sizes spread over COCO's small / medium / large area ranges (relative to the image);
+- COCO's image shapes: landscape and portrait sizes drawn from :data:`COCO_SIZES` (640×480, 640×427,
+  480×640, 500×375, ..., small and large), scaled so that 640 px becomes ``image_size`` (the demo trains on
+  small copies; ``image_size=640`` gives COCO's own sizes); ``sizes="square"`` gives square images instead;
+- object sizes spread over COCO's small / medium / large area ranges (relative to the image's shorter side);
 - shapes overlap: later shapes occlude earlier ones, and the annotation is the *visible* mask (as COCO's);
 - a textured background (smooth gradient + noise) so edges are not free.
 """
@@ -28,16 +31,25 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from vitinit.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "rectangle", "triangle", "ring")
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"  # bump when the drawing changes, so stale caches are not reused
 CLASS_COLOURS = (
     (230, 40, 40),
     (40, 200, 40),
     (40, 80, 230),
     (230, 200, 30),
-)  # bump when the drawing changes, so stale caches are not reused
+)
+# (width, height) of COCO images, at COCO's 640-px scale: the most common landscape and portrait shapes
+# (640×480, 640×427 / 426, their transposes, 500×375, 500×333), square ones, a wide one and small ones.
+COCO_SIZES = (
+    (640, 480), (640, 427), (480, 640), (500, 375), (640, 426), (427, 640), (375, 500), (500, 333),
+    (640, 640), (612, 612), (640, 360), (320, 240), (240, 320),
+)
+SIZES = ("coco", "square")
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,8 @@ class SyntheticSpec:
 
     num_train: int = 256
     num_val: int = 48
-    image_size: int = 128
+    image_size: int = 128  # "coco": the long side of a 640-px COCO image; "square": the side
+    sizes: str = "coco"  # "coco": shapes drawn from COCO_SIZES (scaled); "square": image_size × image_size
     max_objects: int = 5
     min_object_size: float = 0.1  # shape diameters are log-uniform in [min, max] × image size
     max_object_size: float = 0.85
@@ -56,6 +69,18 @@ class SyntheticSpec:
     )
     min_visible_fraction: float = 0.3  # an occluded shape with less of itself visible is not annotated
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sizes not in SIZES:
+            raise ConfigError(f"sizes must be one of {SIZES}, got {self.sizes!r}")
+
+    def image_shape(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(height, width) of the next image."""
+        if self.sizes == "square":
+            return self.image_size, self.image_size
+        w, h = COCO_SIZES[int(rng.integers(len(COCO_SIZES)))]
+        scale = self.image_size / 640
+        return max(1, round(h * scale)), max(1, round(w * scale))
 
     def key(self) -> str:
         payload = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
@@ -135,7 +160,7 @@ def _write_split(root: Path, split: str, count: int, spec: SyntheticSpec, rng: n
         file_name = f"{split}_{image_id:05d}.png"
         Image.fromarray(image).save(root / split / file_name, optimize=False, compress_level=1)
         images.append(
-            {"id": image_id, "file_name": file_name, "width": spec.image_size, "height": spec.image_size}
+            {"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]}
         )
         for ann in anns:
             annotations.append({**ann, "id": len(annotations) + 1, "image_id": image_id})
@@ -150,8 +175,9 @@ def _write_split(root: Path, split: str, count: int, spec: SyntheticSpec, rng: n
 
 def render_image(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """One (H, W, 3) uint8 image and its COCO annotations (without ids), visible masks as RLE."""
-    s = spec.image_size
-    image = _background(s, rng, spec.noise)
+    h, w = spec.image_shape(rng)
+    s = min(h, w)  # object sizes are relative to the shorter side
+    image = _background(h, w, rng, spec.noise)
     visible: list[np.ndarray] = []  # full masks, cut down by every shape drawn later
     classes: list[int] = []
     full_areas: list[int] = []
@@ -159,14 +185,14 @@ def render_image(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndar
         cls = int(rng.integers(len(CATEGORIES)))
         # Log-uniform sizes (by default 10% to 85% of the image side): COCO small, medium and large all occur.
         size = float(np.exp(rng.uniform(np.log(spec.min_object_size * s), np.log(spec.max_object_size * s))))
-        cx, cy = rng.uniform(0, s, size=2)
-        mask = _shape_mask(CATEGORIES[cls], s, cx, cy, size, rng)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        mask = _shape_mask(CATEGORIES[cls], h, w, cx, cy, size, rng)
         if mask.sum() < 16:
             continue
         colour = rng.integers(0, 256, size=3)
         if spec.class_colours:
             colour = np.clip(np.array(CLASS_COLOURS[cls]) + rng.normal(0, 20, size=3), 0, 255)
-        shade = rng.normal(0, 12, size=(s, s, 1))  # a little texture inside the shape
+        shade = rng.normal(0, 12, size=(h, w, 1))  # a little texture inside the shape
         image[mask] = np.clip(colour[None] + shade[mask], 0, 255)
         for earlier in visible:
             earlier &= ~mask
@@ -193,15 +219,17 @@ def render_image(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndar
     return image.astype(np.uint8), anns
 
 
-def _background(s: int, rng: np.random.Generator, noise: float) -> np.ndarray:
+def _background(h: int, w: int, rng: np.random.Generator, noise: float) -> np.ndarray:
     a, b = rng.integers(0, 256, size=(2, 3))
-    t = np.linspace(0, 1, s)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, s)[:, None, None]
+    t = np.linspace(0, 1, w)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, h)[:, None, None]
     gradient = a * (1 - t) + b * t
-    return np.clip(gradient + rng.normal(0, noise, size=(s, s, 3)), 0, 255)
+    return np.clip(gradient + rng.normal(0, noise, size=(h, w, 3)), 0, 255)
 
 
-def _shape_mask(kind: str, s: int, cx: float, cy: float, size: float, rng: np.random.Generator) -> np.ndarray:
-    canvas = Image.new("L", (s, s), 0)
+def _shape_mask(
+    kind: str, h: int, w: int, cx: float, cy: float, size: float, rng: np.random.Generator
+) -> np.ndarray:
+    canvas = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     r = size / 2
     if kind == "circle":

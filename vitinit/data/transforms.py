@@ -2,7 +2,8 @@
 
 Training uses the paper's large-scale jitter (LSJ, Ghiasi et al. 2021; detectron2's ViTDet loader):
 horizontal flip → resize by a random factor in [0.1, 2.0] of the scale that fits the image in size×size →
-random crop to size×size where larger → pad to size×size. Boxes and masks follow the image; objects cropped
+random crop to size×size where larger → pad to size×size. Boxes are transformed with the image (exactly, as
+detectron2 does), then clamped to the crop; masks follow with pixel-centred nearest resizing; objects cropped
 away are dropped with their labels.
 
 We differ from v2's ``RandomCrop(pad_if_needed=True)`` on purpose: it pads on *both* sides, so a small image
@@ -65,14 +66,34 @@ class FixedSizeCrop(v2.Transform):
         return out
 
 
-class BoxesFromMasks:
-    """Recompute each box as its mask's tight box after the crop, as detectron2's LSJ (``recompute_boxes``).
+class ScaleJitter(v2.ScaleJitter):
+    """v2's ``ScaleJitter`` with masks resized by NEAREST_EXACT (pixel centres), not legacy NEAREST.
 
-    Clamping a box to the crop window keeps the part of the *box* inside it, which for a cut circle or
-    triangle is looser than the part of the *object* inside it. Empty masks get an empty box, which
-    ``SanitizeBoundingBoxes`` then drops. Convention as detectron2's ``BitMasks.get_bounding_boxes``:
-    x2 = last column + 1.
+    Legacy NEAREST samples source pixel ⌊i · in / out⌋ for output pixel i, which shifts every mask edge
+    down-right by up to one output pixel (+0.2…+0.46 px on average at LSJ's scales); NEAREST_EXACT samples
+    ⌊(i + 0.5) · in / out⌋, so masks stay centred on the boxes, which are scaled exactly with the image.
     """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, size=params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return super().transform(inpt, params)
+
+
+class ShrinkBoxesToMasks:
+    """Where the crop cut an object, shrink its box to the part of the object left in the crop.
+
+    Boxes are transformed with the image and clamped to the crop window, exactly as detectron2 transforms
+    them, but clamping keeps the part of the *box* inside the window, which for a cut circle or triangle is
+    looser than the part of the *object* inside it (detectron2 re-derives the box from the cropped polygon).
+    So each edge moves in to the mask's tight box, widened by ``tolerance`` px: the mask is only exact to the
+    pixel, and an object the crop did not cut keeps its exact box. Instances whose mask the crop emptied get
+    an empty box, which ``SanitizeBoundingBoxes`` then drops with their masks and labels.
+    Mask boxes use detectron2's ``BitMasks.get_bounding_boxes`` convention: x2 = last column + 1.
+    """
+
+    def __init__(self, tolerance: float = 1.0) -> None:
+        self.tolerance = tolerance
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         masks, boxes = target.get("masks"), target.get("boxes")
@@ -82,15 +103,21 @@ class BoxesFromMasks:
         rows, cols = m.any(dim=2), m.any(dim=1)  # (N, H), (N, W)
         h, w = m.shape[-2:]
         ar_h, ar_w = torch.arange(h), torch.arange(w)
-        y1 = torch.where(rows, ar_h, h).amin(1)
-        y2 = torch.where(rows, ar_h + 1, 0).amax(1)
-        x1 = torch.where(cols, ar_w, w).amin(1)
-        x2 = torch.where(cols, ar_w + 1, 0).amax(1)
-        empty = ~rows.any(1)
-        xyxy = torch.stack([x1, y1, x2, y2], 1).float()
-        xyxy[empty] = 0
-        new = tv_tensors.wrap(xyxy.to(boxes.dtype), like=boxes)
-        return image, {**target, "boxes": new}
+        tight = torch.stack(
+            [
+                torch.where(cols, ar_w, w).amin(1),
+                torch.where(rows, ar_h, h).amin(1),
+                torch.where(cols, ar_w + 1, 0).amax(1),
+                torch.where(rows, ar_h + 1, 0).amax(1),
+            ],
+            1,
+        ).to(boxes.dtype)
+        t = self.tolerance
+        xyxy = boxes.as_subclass(torch.Tensor).clone()
+        xyxy[:, :2] = torch.maximum(xyxy[:, :2], tight[:, :2] - t)
+        xyxy[:, 2:] = torch.minimum(xyxy[:, 2:], tight[:, 2:] + t)
+        xyxy[~rows.any(1)] = 0
+        return image, {**target, "boxes": tv_tensors.wrap(xyxy, like=boxes)}
 
 
 def lsj_transform(
@@ -113,10 +140,10 @@ def lsj_transform(
     """
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip(0.5)] if flip else []
     steps += [
-        v2.ScaleJitter(target_size=(size, size), scale_range=tuple(scale_range)),
+        ScaleJitter(target_size=(size, size), scale_range=tuple(scale_range)),
         FixedSizeCrop(size, pad=False),
-        BoxesFromMasks(),
         v2.ClampBoundingBoxes(),
+        ShrinkBoxesToMasks(),
         # Drops boxes (and their masks and labels) that the crop left degenerate.
         v2.SanitizeBoundingBoxes(min_size=1.0),
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),

@@ -178,9 +178,9 @@ class ViTFeaturePyramid(nn.Module):
         return {"0": p // 4, "1": p // 2, "2": p, "3": p * 2, "pool": p * 4}
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        # Maps leave in float32 even under autocast: the detection heads run in full precision (see
-        # vitinit.modeling.mask_rcnn.full_precision); .float() is free when they already are.
-        return OrderedDict((k, v.float()) for k, v in self.pyramid_from(self.vit(images)).items())
+        # Maps keep the dtype autocast gave them: the heads' convs and fcs run under the same autocast, and
+        # only box decoding, the losses and the mask paste cast to float32 (vitinit.modeling.rpn, roi_heads).
+        return self.pyramid_from(self.vit(images))
 
     def pyramid_from(self, feats: list[torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         """The levels from the ViT's maps (``self.vit(images)``): the neck alone."""
