@@ -93,8 +93,8 @@ def _available_bytes() -> int | None:
 def estimate_attention_bytes(model: str, size: int, strategy: str) -> int:
     """Rough bytes kept for backward by global attention: ~2 (heads, N, N) fp32 tensors per global block.
 
-    Calibrated on the measured 15.1 GB of all-global ViT-B at 1024 px (performance.md); used only to skip a
-    run that would not fit, never reported as a measurement.
+    Calibrated on 15.1 GB measured here (CPU) for all-global ViT-B at 1024 px; used only to skip a run that
+    would not fit, never reported as a measurement.
     """
     from vitinit.variants import get_variant
 

@@ -23,7 +23,7 @@ def test_lr_factor_warmup_and_steps():
     assert lr_factor(0, **kw) == pytest.approx(0.001)
     assert lr_factor(125, **kw) == pytest.approx(0.001 * 0.5 + 0.5)
     assert lr_factor(250, **kw) == 1.0
-    # detectron2's 100-epoch milestones 163,889 and 177,546 (formats.md §6.6).
+    # detectron2's 100-epoch milestones 163,889 and 177,546 (ViTDet's mask_rcnn_vitdet_b_100ep.py).
     assert lr_factor(163_888, **kw) == 1.0 and lr_factor(163_889, **kw) == pytest.approx(0.1)
     assert lr_factor(177_546, **kw) == pytest.approx(0.01)
     cos = dict(max_iter=100, warmup_iters=0, policy="cosine")

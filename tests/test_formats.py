@@ -208,7 +208,7 @@ def test_mocov3_converted_file_without_arch_keeps_mocov3_head_count(tmp_path):
     """convert_to_deit output has no 'arch'; width 384 is MoCo v3's ViT-S with 12 heads, not DeiT-S's 6."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from vitinit.formats._common import sincos_2d
+    from vitinit.ops.pos_embed import sincos_2d
 
     vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=384, depth=1, num_heads=12, num_classes=0)
     sd = vit.state_dict()

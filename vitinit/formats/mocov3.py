@@ -15,10 +15,10 @@ from vitinit.formats._common import (
     build_checkpoint,
     canonical_from_timm,
     record_dropped,
-    score_timm_layout,
     state_dict_of,
     strip_prefix,
 )
+from vitinit.formats.sincos import score_timm_layout
 from vitinit.io.load import RawCheckpoint
 
 FAMILY = "mocov3"

@@ -16,9 +16,9 @@ from vitinit.formats._common import (
     canonical_from_timm,
     has_beit_keys,
     plus,
-    score_timm_layout,
     state_dict_of,
 )
+from vitinit.formats.sincos import score_timm_layout
 from vitinit.io.load import RawCheckpoint
 
 FAMILY = "supervised"

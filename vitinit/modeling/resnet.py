@@ -1,6 +1,6 @@
 """The paper's CNN baseline: ResNet-101 + FPN from scratch, under the same Mask R-CNN heads as the ViT.
 
-The paper's complexity comparison (Li et al. 2021; ``paper.md``) sets ViT-B against ResNet-101 trained from
+The paper's complexity comparison (Li et al. 2021) sets ViT-B against ResNet-101 trained from
 random initialization with the same detector: both reach 48.9 box AP, ViT-B peaking at 200 epochs, R-101 at
 400, R-101 running faster. Its detectron2 counterpart is the "new baselines" R-101 LSJ configs
 (``configs/new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ.py``: from scratch, SyncBN in the stem, the stages, the

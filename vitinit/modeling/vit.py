@@ -12,17 +12,13 @@ cropped back, and padded tokens are not masked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from vitinit.errors import ConfigError
 from vitinit.modeling.attention import (
-    ATTENTION_KERNELS,
     Attention,
     RelativePositionBias,
     RelPosTable,
@@ -31,98 +27,17 @@ from vitinit.modeling.attention import (
     window_unpartition,
 )
 from vitinit.modeling.layers import DropPath, Mlp
+from vitinit.modeling.vit_config import (  # noqa: F401  (re-exported: the backbone's config lives beside it)
+    REL_POS_STYLES,
+    ViTBackboneConfig,
+    quarter_block_indexes,
+)
 from vitinit.ops.pos_embed import resize_abs_pos_embed
-from vitinit.variants import get_variant
-
-REL_POS_STYLES = ("shared", "per_block", "none")
 
 
 def init_pos_embed_(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """ViTDet's ``trunc_normal_(pos_embed, std=0.02)``; also what conversion draws for ``abs_pos=random``."""
     return nn.init.trunc_normal_(t, std=0.02, generator=generator)
-
-
-def quarter_block_indexes(depth: int, groups: int = 4) -> tuple[int, ...]:
-    """The last block of each of ``groups`` equal groups: ViT-B (12) → 2, 5, 8, 11; ViT-L → 5, 11, 17, 23."""
-    if depth < groups:
-        return tuple(range(depth))
-    return tuple((g + 1) * depth // groups - 1 for g in range(groups))
-
-
-@dataclass(frozen=True)
-class ViTBackboneConfig:
-    """Plain, meaningful kwargs of :class:`DetectionViT`; serialized into converted weights' metadata."""
-
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    patch_size: int = 16
-    mlp_hidden_dim: int = 3072
-    in_chans: int = 3
-    img_size: int = 1024  # the abs pos embedding is stored at img_size // patch_size
-    window_size: int = 14
-    global_block_indexes: tuple[int, ...] = (2, 5, 8, 11)
-    rel_pos: str = "shared"  # shared | per_block | none
-    use_abs_pos: bool = True
-    layer_scale: bool = False
-    norm_eps: float = 1e-6
-    drop_path_rate: float = 0.0
-    use_act_checkpoint: bool = False  # activation checkpointing, per block
-    out_indices: tuple[int, ...] | None = None  # blocks whose outputs are returned; None = the global ones
-    attention: str = "auto"  # sdpa | flex | auto (vitinit.modeling.attention); a run-time choice, not weights
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_KERNELS:
-            raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
-        if self.rel_pos not in REL_POS_STYLES:
-            raise ConfigError(f"rel_pos must be one of {REL_POS_STYLES}, got {self.rel_pos!r}")
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.img_size % self.patch_size:
-            raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        for i in (*self.global_block_indexes, *(self.out_indices or ())):
-            if not 0 <= i < self.depth:
-                raise ConfigError(f"block index {i} is outside 0..{self.depth - 1}")
-        object.__setattr__(self, "global_block_indexes", tuple(self.global_block_indexes))
-        if self.out_indices is not None:
-            object.__setattr__(self, "out_indices", tuple(self.out_indices))
-
-    @classmethod
-    def for_variant(cls, name: str, **overrides) -> ViTBackboneConfig:
-        """The paper's backbone for a named size; ``overrides`` win over the variant."""
-        v = get_variant(name)
-        base = dict(
-            embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads, patch_size=16,
-            mlp_hidden_dim=v.mlp_hidden_dim, global_block_indexes=quarter_block_indexes(v.depth),
-        )
-        base.update(overrides)
-        return cls(**base)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.img_size // self.patch_size,) * 2
-
-    @property
-    def feature_indices(self) -> tuple[int, ...]:
-        return self.out_indices if self.out_indices is not None else self.global_block_indexes
-
-    def replace(self, **changes) -> ViTBackboneConfig:
-        return replace(self, **changes)
-
-    def to_json(self) -> str:
-        """The architecture, as converted files record it; ``attention`` is how to run it, not what it is."""
-        d = asdict(self)
-        d.pop("attention")
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ViTBackboneConfig:
-        d = json.loads(text)
-        d.pop("extra", None)  # a free-form field of files written before it was removed (never read)
-        for k in ("global_block_indexes", "out_indices"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
 
 
 class Block(nn.Module):
