@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _detectron2 import import_detectron2
 
-from tests._detectron2 import import_detectron2
 from vitinit.modeling.anchors import CellAnchorGenerator
 from vitinit.modeling.mask_ops import crop_mask_targets, paste_masks_in_image
 from vitinit.modeling.mask_rcnn import MaskRCNNConfig, build_mask_rcnn
