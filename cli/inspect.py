@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 from vitinit_cli._common import console, setup_logging, user_errors
 
+from vitinit.families import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect_cmd)
@@ -41,7 +43,7 @@ def group_keys(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, int]]:
 @user_errors
 def inspect_cmd(
     source: str = typer.Argument(..., help="Checkpoint file or transformers folder."),
-    family: str = typer.Option("auto", "--from", help="auto | beit | mae | mocov3 | supervised"),
+    family: str = typer.Option("auto", "--from", help=" | ".join(("auto", *FAMILIES))),
     model: str = typer.Option(None, "--model", help="Expected size (checked against the shapes)."),
     num_heads: int = typer.Option(None, "--num-heads", help="Head count (custom sizes only)."),
     size: int = typer.Option(1024, "--size", help="Detection input size for the conversion preview."),

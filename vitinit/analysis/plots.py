@@ -20,17 +20,17 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from vitinit.analysis.runs import Run
 from vitinit.analysis.tide import ERROR_TYPES
+from vitinit.families import DISPLAY_NAMES, FAMILIES
 from vitinit.io.save import atomic_path
 
-# The paper's order of initializations, and one fixed colour each so every figure agrees.
-INIT_ORDER = ("random", "supervised", "mocov3", "beit", "mae")
-INIT_NAMES = {
-    "random": "random", "supervised": "supervised", "mocov3": "MoCo v3", "beit": "BEiT", "mae": "MAE",
-}
+# The paper's order of initializations, then the newer ones; one fixed colour each so every figure agrees.
+INIT_ORDER = FAMILIES
+INIT_NAMES = DISPLAY_NAMES
 INIT_COLORS = {
     "random": "#7f7f7f", "supervised": "#1f77b4", "mocov3": "#ff7f0e", "beit": "#2ca02c", "mae": "#d62728",
+    "dinov2": "#9467bd", "beitv2": "#17becf", "data2vec": "#8c564b",
 }
-_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_EXTRA_COLORS = ("#e377c2", "#bcbd22", "#aec7e8", "#ffbb78", "#98df8a")
 VARIANT_ORDER = ("r-101", "vit-s", "vit-b", "vit-l", "vit-h")  # the CNN baseline first, as the paper's table
 # The paper's short names for TIDE's error types, for the bar chart's axis.
 ERROR_SHORT = {"cls": "cls", "loc": "loc", "both": "cls+loc", "dupe": "dup", "bkg": "bg", "miss": "miss"}

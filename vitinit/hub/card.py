@@ -31,6 +31,12 @@ LICENSES: dict[str, tuple[str, str]] = {
     # DeiT was relicensed from CC BY-NC 4.0 to Apache 2.0 (the README now says Apache 2.0).
     "supervised": ("apache-2.0", "facebookresearch/deit README: Apache 2.0"),
     "random": ("apache-2.0", "no pre-trained weights: random initialization by vitinit (Apache 2.0)"),
+    "dinov2": ("apache-2.0", "facebookresearch/dinov2 README: code and model weights under Apache 2.0"),
+    "beitv2": ("mit", "microsoft/unilm LICENSE: MIT"),
+    "data2vec": (
+        "other",
+        "UNCONFIRMED: data2vec's code is MIT (facebookresearch/fairseq); its weights' license is unchecked",
+    ),
 }
 METHODS: dict[str, str] = {
     "mae": "MAE (masked autoencoder, He et al. 2021), self-supervised",
@@ -38,6 +44,11 @@ METHODS: dict[str, str] = {
     "mocov3": "MoCo v3 (contrastive, Chen et al. 2021), self-supervised",
     "supervised": "supervised ImageNet classification",
     "random": "random initialization (no pre-training)",
+    "dinov2": "DINOv2 (self-distillation, Oquab et al. 2023), self-supervised",
+    "beitv2": "BEiT v2 (masked image modeling with a vector-quantized visual tokenizer, Peng et al. 2022), "
+    "self-supervised",
+    "data2vec": "data2vec-vision (masked prediction of contextualized targets, Baevski et al. 2022), "
+    "self-supervised",
 }
 PAPER = "https://arxiv.org/abs/2111.11429"
 
