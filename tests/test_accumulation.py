@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from _spawn import spawn_with_deadline
 
 from vitinit.engine import hooks as H
 from vitinit.engine.accumulation import accumulation_plan
@@ -204,25 +205,7 @@ def test_ddp_no_sync_skips_all_reduce_and_matches_one_process():
     """2 gloo processes × 1 image × 2 steps: one gradient all-reduce per optimizer step (on the second
     micro-batch only), and the weights of one process training on the same 4-image global batches; with
     bf16 gradient compression the ranks still agree exactly and stay within bf16 rounding of fp32."""
-    import socket
-    import time
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        ctx = mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=False)
-        deadline = time.monotonic() + 150
-        while not ctx.join(timeout=1) and time.monotonic() < deadline:
-            pass
-        hung = [p for p in ctx.processes if p.is_alive()]
-        for p in hung:
-            p.terminate()
-        assert not hung, "a rank is still running: the job hung"
-        out = dict(results)
+    out = spawn_with_deadline(_ddp_worker, 2, timeout=150)
     assert len(out) == 4
     torch.manual_seed(0)
     single = Regressor()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
 import torch.nn as nn
+from _spawn import spawn_with_deadline
 
 from vitinit.engine import hooks as H
 from vitinit.engine.optim import build_param_groups, lr_factor
@@ -273,23 +273,6 @@ def _nan_on_one_rank(rank: int, world: int, port: int, results) -> None:
 def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
     """Both ranks stop with a TrainingError. Without agreeing on finiteness, rank 1 raises alone and rank 0
     is left in the next gradient all-reduce: an error from gloo when the peer vanishes, a hang on NCCL."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        ctx = mp.spawn(_nan_on_one_rank, args=(2, port, results), nprocs=2, join=False)
-        deadline = time.monotonic() + 90
-        while not ctx.join(timeout=1) and time.monotonic() < deadline:
-            pass
-        hung = [p for p in ctx.processes if p.is_alive()]
-        for p in hung:
-            p.terminate()
-        assert not hung, "a rank is still running: the job hung"
-        outcome = dict(results)
+    outcome = spawn_with_deadline(_nan_on_one_rank, 2, timeout=90)
     assert set(outcome) == {0, 1}
     assert all(v.startswith("stopped: non-finite loss at iteration 2") for v in outcome.values()), outcome
