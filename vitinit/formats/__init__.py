@@ -24,7 +24,7 @@ from types import ModuleType
 from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import FAMILIES as KNOWN_FAMILIES
-from vitinit.formats import beit, dinov2, hf, mae, mocov3, random, supervised, timm_hub
+from vitinit.formats import beit, dinov2, dinov3, eva02, hf, mae, mocov3, random, supervised, timm_hub
 from vitinit.formats._common import DECLARED, Score
 from vitinit.io.load import RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
@@ -32,7 +32,7 @@ from vitinit.io.save import sha256_file
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("auto", *KNOWN_FAMILIES)
-READERS: tuple[ModuleType, ...] = (timm_hub, hf, dinov2, beit, mae, mocov3, supervised)
+READERS: tuple[ModuleType, ...] = (timm_hub, hf, dinov2, beit, mae, mocov3, supervised, dinov3, eva02)
 
 __all__ = ["FAMILIES", "READERS", "Score", "detect_family", "read_checkpoint"]
 
