@@ -81,3 +81,22 @@ def test_detectron2_target_refuses_rope_in_one_line(made, name):
     with pytest.raises(SpecMismatchError) as e:
         d2_target.normalize(ckpt, NormalizeOptions())
     assert "\n" not in str(e.value) and "RoPE" in str(e.value) and "--to vitdet" in str(e.value)
+
+
+def test_input_norm_travels_to_inspect_and_the_bench(made):
+    from typer.testing import CliRunner
+    from vitinit.recipes.check import parse_recipe
+    from vitinit_cli.main import app
+
+    from vitinit.bench import resolve
+
+    path, _ = made["eva02_timm_folder"]
+    out = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"}).output
+    assert "input normalisation: mean [0.48145466" in out and "timm pretrained_cfg" in out
+    recorded = _read("eva02_timm_folder", path).provenance.input_norm
+    mean, std, which = parse_recipe(resolve("eva02-vitb")).input_norm(recorded)
+    assert mean == tuple(recorded["mean"]) and "weights'" in which  # the recipe leaves it null
+    mean, _, which = parse_recipe(resolve("beit-vitb")).input_norm(recorded)
+    assert mean == (0.5, 0.5, 0.5) and "recipe" in which  # a recipe's own values win
+    mean, _, which = parse_recipe(resolve("eva02-vitb")).input_norm(None)
+    assert mean == (0.485, 0.456, 0.406) and "ImageNet" in which

@@ -25,7 +25,7 @@ from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import FAMILIES as KNOWN_FAMILIES
 from vitinit.formats import beit, dinov2, dinov3, eva02, hf, mae, mocov3, random, supervised, timm_hub
-from vitinit.formats._common import DECLARED, Score
+from vitinit.formats._common import DECLARED, Score, record_input_norm
 from vitinit.io.load import RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
 
@@ -133,6 +133,7 @@ def read_checkpoint(
     ckpt = reader.read(raw, model=model, num_heads=num_heads, family=fam)
     if ckpt.provenance.family != fam:
         raise CheckpointFormatError(f"{source}: holds a {ckpt.provenance.family} model, not {fam}")
+    record_input_norm(ckpt, raw)
     if hash_source:
         ckpt.provenance.sha256 = source_sha256(raw.path)
     why = evidence(raw, fam)

@@ -14,15 +14,15 @@ LayerNorm eps 1e-5, patch 16. The q/k/v bias pattern varies by release and layou
 - transformers (``DINOv3ViTModel``, ``model_type`` ``dinov3_vit``): separate ``q/k/v_proj`` (``key_bias``
   false), ``layer_scale{1,2}.lambda1``, ``mlp.up_proj/down_proj`` or gated ``gate/up/down_proj``.
 
-Input normalisation: ImageNet mean/std (the DINOv3 repo's ``make_classification_eval_transform``, timm's
-``pretrained_cfg``, the transformers preprocessor), recorded in the provenance.
+Input normalisation: ImageNet mean/std (the DINOv3 repo's ``make_classification_eval_transform``), recorded
+in the provenance unless the folder's own config (timm ``pretrained_cfg``, ``preprocessor_config.json``)
+says otherwise.
 
 Licence: Meta's DINOv3 License (gated on the hub), not an open-source licence: see ``vitinit.hub.card``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 import torch
@@ -31,6 +31,7 @@ from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
 from vitinit.formats._common import (
     DECLARED,
+    IMAGENET_NORM,
     Score,
     build_checkpoint,
     canonical_from_timm,
@@ -44,7 +45,6 @@ from vitinit.ops.rope import RopeSpec, rope_frequencies
 FAMILY = "dinov3"
 FAMILIES = (FAMILY,)
 PATCH, PRETRAIN_GRID = 16, (16, 16)  # LVD-1689M pre-training crops: 256 px
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 ROPE_BASE = 100.0
 HF_MODEL_TYPE = "dinov3_vit"
 
@@ -183,30 +183,11 @@ def _hf(sd: dict, cfg: dict) -> tuple[TensorMap, dict]:
     return out, dropped
 
 
-def _preprocessor_norm(raw: RawCheckpoint) -> tuple | None:
-    path = raw.path / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    try:
-        cfg = json.loads(path.read_text())
-        return tuple(cfg["image_mean"]), tuple(cfg["image_std"]), "preprocessor_config.json"
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def _grid(img_size, patch_size) -> tuple[int, int] | None:
     """The token grid a config's image and patch size give (the source's own resolution), or None."""
     if isinstance(img_size, int) and isinstance(patch_size, int) and img_size % patch_size == 0:
         return img_size // patch_size, img_size // patch_size
     return None
-
-
-def timm_input_norm(cfg: dict, default: tuple, what: str) -> tuple:
-    """(mean, std, origin) from a timm folder's ``pretrained_cfg``, else ``default`` (documented values)."""
-    pre = (cfg or {}).get("pretrained_cfg") or {}
-    if isinstance(pre.get("mean"), list | tuple) and isinstance(pre.get("std"), list | tuple):
-        return tuple(pre["mean"]), tuple(pre["std"]), "timm pretrained_cfg in config.json"
-    return (*default, what)
 
 
 def read(
@@ -215,7 +196,7 @@ def read(
     cfg = raw.config or {}
     notes = ["layer scale kept as gamma_1/gamma_2", "RoPE on every block (DINOv3 rule), no abs pos embed"]
     heads_hint, eps, periods, k_bias = None, 1e-5, "float32", False
-    input_norm = (*IMAGENET, "DINOv3's documented ImageNet mean/std")
+    input_norm = (*IMAGENET_NORM, "DINOv3's ImageNet mean/std (facebookresearch/dinov3 eval transforms)")
     grid = PRETRAIN_GRID
     if raw.container == "hf-folder":
         fmt = "hf/dinov3_vit"
@@ -226,7 +207,6 @@ def read(
         base = float(cfg.get("rope_theta", ROPE_BASE))
         if cfg.get("hidden_act", "gelu") not in ("gelu", "silu"):
             raise CheckpointFormatError(f"{fmt}: hidden_act {cfg.get('hidden_act')!r} is not supported")
-        input_norm = _preprocessor_norm(raw) or input_norm
     else:
         sd = state_dict_of(raw, ("model", "teacher", "state_dict"))
         fmt = _layout(sd) or "dinov3/timm"
@@ -237,7 +217,6 @@ def read(
         else:
             pre_dropped = {}
         if raw.container == "timm-folder":
-            input_norm = timm_input_norm(cfg, IMAGENET, "DINOv3's documented ImageNet mean/std")
             args = cfg.get("model_args") or {}
             grid = _grid(args.get("img_size"), args.get("patch_size", PATCH)) or grid
         tensors, dropped = canonical_from_timm(sd, fmt=fmt)

@@ -36,7 +36,6 @@ from vitinit.formats._common import (
     record_dropped,
     state_dict_of,
 )
-from vitinit.formats.dinov3 import timm_input_norm
 from vitinit.io.load import RawCheckpoint
 from vitinit.ops.rope import RopeSpec, rope_angles, rope_coords
 
@@ -161,9 +160,7 @@ def read(
         d = tensors["blocks.0.attn.qkv.weight"].shape[1]
         heads_hint = num_heads or d // stored.shape[-1]  # the tables' rows are head_dim wide
         pt = _check_stored_rope(sd, d // heads_hint)
-    input_norm = (*CLIP_NORM, "EVA-02's documented CLIP mean/std")
-    if raw.container == "timm-folder":
-        input_norm = timm_input_norm(cfg, CLIP_NORM, "EVA-02's documented CLIP mean/std")
+    input_norm = (*CLIP_NORM, "EVA-02's CLIP mean/std (timm's eva02_* pretrained_cfg, OPENAI_CLIP_MEAN)")
     if not isinstance(tensors.get("pos_embed"), LazyTensor):
         raise CheckpointFormatError(f"{fmt}: no pos_embed")
     return build_checkpoint(
