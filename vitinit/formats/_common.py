@@ -66,7 +66,7 @@ WHY_DROPPED = {
     "mask_token": "only used by masked-image-modeling pre-training",
     "decoder": "MAE decoder: only used in pre-training",
     "final_norm": "final norm: the detection backbone (as ViTDet) has none",
-    "registers": "DINOv2 register tokens: prefix tokens, which the detection backbone has none of",
+    "registers": "register tokens (DINOv2, DINOv3): prefix tokens, which the detection backbone has none of",
 }
 
 # Keys that are not part of a detection backbone, with the reason recorded in provenance.

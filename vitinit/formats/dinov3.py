@@ -235,7 +235,7 @@ def read(
         norm_eps=eps,
         rope=RopeSpec(FAMILY, base, periods_dtype=periods),
         qkv_bias="qkv" if k_bias else "qv" if has_bias else None,
-        pretrain_grid=PRETRAIN_GRID,
+        pretrain_grid=grid,
         notes=notes,
         input_norm=input_norm,
     )
