@@ -1,0 +1,82 @@
+"""CLIP and SigLIP vision towers, every layout: auto-detected, converted, and checked against the source.
+
+Each layout is written by the source's own code (tests/fixtures/make_clip_siglip.py: open_clip, transformers,
+timm), read by auto-detection, converted with the default options to a ``--to vitdet`` file, read back, and
+compared with the source model's own blocks on patch tokens at the pre-training grid (before ln_post), ≤ 1e-5.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures import make_fixtures as mf
+from fixtures.layouts import IMAGE_TEXT
+from fixtures.reference import backbone_features, converted_backbone
+
+from vitinit.errors import CheckpointFormatError
+from vitinit.formats import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("towers")
+    return {name: (root / c.name, c.make(root / c.name)) for name, c in IMAGE_TEXT.items()}
+
+
+def _read(name: str, path):
+    return read_checkpoint(path, num_heads=mf.HEADS if IMAGE_TEXT[name].needs_heads else None)
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TEXT))
+def test_tower_is_detected_and_matches_its_source_model(made, name):
+    path, source = made[name]
+    case = IMAGE_TEXT[name]
+    ckpt = _read(name, path)
+    assert (ckpt.provenance.family, ckpt.provenance.format) == (case.family, case.format)
+    s = ckpt.spec
+    assert (s.mlp, s.pre_norm, s.patch_bias) == (case.mlp, case.family == "clip", case.family == "siglip")
+    assert s.num_heads == mf.HEADS and s.pretrain_grid == (mf.GRID, mf.GRID)
+    assert s.num_prefix_tokens == (1 if case.family == "clip" else 0)
+    x = torch.randn(2, 3, mf.IMG, mf.IMG, generator=torch.Generator().manual_seed(0))
+    diff = (backbone_features(converted_backbone(ckpt), x) - case.reference(source, x)).abs().max().item()
+    assert diff <= 1e-5, f"{name}: max |diff| {diff:.2e}"
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TEXT))
+def test_tower_records_its_input_normalisation_and_what_it_dropped(made, name):
+    path, _ = made[name]
+    case = IMAGE_TEXT[name]
+    prov = _read(name, path).provenance
+    std = (0.26862954, 0.26130258, 0.27577711) if case.family == "clip" else (0.5, 0.5, 0.5)
+    assert prov.input_norm["mean"] == pytest.approx(case.mean)
+    assert prov.input_norm["std"] == pytest.approx(std)
+    assert ("documented" not in prov.input_norm["from"]) == case.norm_from_config, prov.input_norm["from"]
+    dropped = " ".join(prov.dropped)
+    if case.family == "clip":
+        assert "class_embedding" in dropped or "cls_token" in dropped
+        assert any(word in dropped for word in ("ln_post", "post_layernorm", "norm.*"))
+    else:
+        assert "head.*" in dropped or "attn_pool.*" in dropped  # the MAP head
+    if "open_clip" in case.format or case.format in ("hf/clip", "hf/siglip"):
+        assert any("text" in group for group in prov.dropped), prov.dropped
+
+
+def test_naflex_siglip2_is_refused_in_one_line(tmp_path):
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    config = Siglip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    Siglip2VisionModel(config).save_pretrained(tmp_path / "naflex")
+    with pytest.raises(CheckpointFormatError, match="NaFlex SigLIP 2.*google/siglip2-base-patch16-224") as e:
+        read_checkpoint(tmp_path / "naflex")
+    assert "\n" not in str(e.value)
+
+
+def test_open_clip_text_tower_is_not_read_as_blocks(made):
+    """The text tower's keys (``transformer.resblocks.*``) are the vision tower's without ``visual.``."""
+    path, source = made["clip_open_clip"]
+    ckpt = _read("clip_open_clip", path)
+    assert ckpt.spec.depth == len(source.visual.transformer.resblocks)
+    with pytest.raises(CheckpointFormatError, match="not a siglip checkpoint"):
+        read_checkpoint(path, family="siglip", num_heads=mf.HEADS)
