@@ -24,6 +24,13 @@ Newer initializations (not in the paper):
   README *recommends* ``*_pt1k_ft21k``, which is then fine-tuned with labels: not a self-supervised init).
 - data2vec-vision: released on the Hugging Face hub only, in the transformers layout
   (``facebook/data2vec-vision-{base,large}``, self-supervised, no fine-tuning): see :data:`HUB_ONLY`.
+- CLIP: OpenAI's own hub repositories ``openai/clip-vit-base-patch16`` / ``-large-patch14`` (transformers
+  ``CLIPModel``, QuickGELU as trained; the text tower is downloaded too and dropped). Not timm's
+  ``timm/vit_base_patch16_clip_224.openai``: its config.json names ``vit_base_patch16_clip_224``, which timm
+  computes with exact GELU (timm's ``*_clip_quickgelu_*`` architecture is the faithful one).
+- SigLIP 2: Google's ``google/siglip2-base-patch16-224`` (transformers ``SiglipModel``: the fixed-resolution
+  tower, tanh-GELU as big_vision trained it), rather than timm's ``vit_base_patch16_siglip_224.v2_webli``
+  (exact GELU). Both are hub-only (:data:`HUB_ONLY`).
 """
 
 from __future__ import annotations
@@ -155,6 +162,9 @@ WITH_REGISTERS: dict[tuple[str, str], OfficialCheckpoint] = {
 HUB_ONLY: dict[tuple[str, str], str] = {
     ("data2vec", "vit-b"): "facebook/data2vec-vision-base",
     ("data2vec", "vit-l"): "facebook/data2vec-vision-large",
+    ("clip", "vit-b"): "openai/clip-vit-base-patch16",
+    ("clip", "vit-l"): "openai/clip-vit-large-patch14",
+    ("siglip", "vit-b"): "google/siglip2-base-patch16-224",
 }
 
 NOT_RELEASED: dict[tuple[str, str], str] = {
