@@ -20,6 +20,7 @@ from vitinit.formats._score import DECLARED, Score, plus  # noqa: F401  (re-expo
 from vitinit.io.load import RawCheckpoint
 from vitinit.ops.layer_scale import fuse_qv_bias
 from vitinit.ops.rel_pos import table_grid
+from vitinit.ops.rope import RopeSpec
 from vitinit.variants import check_variant
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ _BLOCK_LEAVES = {
     "gamma_1",
     "gamma_2",
     "attn.relative_position_bias_table",
+    # SwiGLU (timm's SwiGLU names) and EVA-02's MLP sub-LayerNorm: see vitinit.canonical.
+    *(f"mlp.{m}.{p}" for m in ("fc1_g", "fc1_x", "norm") for p in ("weight", "bias")),
 }
 # timm's DeiT-III / DINOv2 spelling of layer scale.
 _LEAF_ALIASES = {"ls1.gamma": "gamma_1", "ls2.gamma": "gamma_2"}
@@ -51,6 +54,8 @@ _TOP_LEVEL = {
     "patch_embed.proj.bias",
     "pos_embed",
     "rel_pos_bias.relative_position_bias_table",
+    "norm_pre.weight",  # a norm before the blocks (timm's name for CLIP's ln_pre)
+    "norm_pre.bias",
 }
 
 # Why a key is not part of a detection backbone; shared by the timm-layout rules below and the HF reader's.
@@ -208,17 +213,27 @@ def infer_spec(
     heads_hint: int | None = None,
     num_prefix_tokens: int | None = None,
     norm_eps: float = 1e-6,
+    rope: RopeSpec | None = None,
+    mlp: str | None = None,
+    qkv_bias: str | None = None,
+    pretrain_grid: tuple[int, int] | None = None,
 ) -> ViTSpec:
     """Architecture from tensor shapes; ``model`` (``--model``) must agree with them.
 
     Heads: ``num_heads`` (the user) > ``heads_hint`` (a config file) > the standard size table. A custom
     width with none of these is an error: guessing a head count silently builds a different model.
+    What the names show is read from them (SwiGLU's ``fc1_g``, ``mlp.norm``, ``norm_pre``, missing
+    biases); what they cannot show comes from the reader: ``rope``, the activation (``mlp``), a masked
+    k bias (``qkv_bias="qv"``) and, without a position embedding or table, ``pretrain_grid``.
     """
     if "patch_embed.proj.weight" not in tensors or "blocks.0.attn.qkv.weight" not in tensors:
         raise CheckpointFormatError(f"{fmt}: no patch embedding or first block found")
     d, c, p, _ = tensors["patch_embed.proj.weight"].shape
     depth = 1 + max(int(BLOCK_RE.match(k).group(1)) for k in tensors if BLOCK_RE.match(k))
-    fc1 = tensors.get("blocks.0.mlp.fc1.weight")
+    fc1 = tensors.get("blocks.0.mlp.fc1.weight", tensors.get("blocks.0.mlp.fc1_g.weight"))
+    swiglu = "blocks.0.mlp.fc1_g.weight" in tensors
+    if swiglu and mlp not in (None, "swiglu"):
+        raise CheckpointFormatError(f"{fmt}: SwiGLU tensors (mlp.fc1_g) but the reader says mlp={mlp!r}")
     variant = check_variant(model, d, depth)
     heads = num_heads or heads_hint or (variant.num_heads if variant else None)
     if heads is None:
@@ -243,6 +258,9 @@ def infer_spec(
             grid = table_grid(table.shape[0], BEIT_EXTRA_REL_POS_ROWS)
         except ValueError as e:
             raise CheckpointFormatError(f"{fmt}: relative position table: {e}") from None
+    if pretrain_grid is not None and not has_pos and table is None:
+        grid = tuple(pretrain_grid)
+    has_qkv_bias = "blocks.0.attn.qkv.bias" in tensors
     return ViTSpec(
         embed_dim=d,
         depth=depth,
@@ -257,6 +275,12 @@ def infer_spec(
         rel_pos="shared" if shared is not None else "per_block" if per_block is not None else "none",
         norm_eps=norm_eps,
         variant=variant.name if variant else None,
+        rope=rope,
+        mlp="swiglu" if swiglu else (mlp or "gelu"),
+        mlp_norm="blocks.0.mlp.norm.weight" in tensors,
+        pre_norm="norm_pre.weight" in tensors,
+        qkv_bias=(qkv_bias or "qkv") if has_qkv_bias else "none",
+        patch_bias="patch_embed.proj.bias" in tensors,
     )
 
 
@@ -270,11 +294,16 @@ def build_checkpoint(
     model: str | None,
     num_heads: int | None,
     notes: list[str] | None = None,
+    input_norm: tuple | None = None,
     **spec_hints,
 ) -> Checkpoint:
+    """The canonical checkpoint; ``input_norm``: ``(mean, std, where it was read)`` of the source's inputs
+    (0..1 scale), recorded in the provenance; ``spec_hints`` go to :func:`infer_spec`."""
     check_weight_dtypes(tensors, fmt)
     spec = infer_spec(tensors, fmt=fmt, model=model, num_heads=num_heads, **spec_hints)
     prov = Provenance(family=family, format=fmt, source=source, dropped=dropped, notes=list(notes or []))
+    if input_norm is not None:
+        prov.set_input_norm(*input_norm)
     return Checkpoint(spec, tensors, prov)
 
 

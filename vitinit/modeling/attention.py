@@ -12,6 +12,9 @@ CPU ("FlexAttention does not support backward on CPU"): there it is inference-on
 
 Windows follow detectron2's ViTDet: the grid is zero-padded to a multiple of the window and cropped back, and
 padded tokens are not masked, so both kernels see exactly the same windows.
+
+RoPE (:mod:`vitinit.modeling.rope`) rotates q and k before either kernel runs, so both support it unchanged,
+with or without the relative-position tables on top.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vitinit.errors import ConfigError
+from vitinit.modeling.rope import RotaryTables
 from vitinit.ops.rel_pos import gather_rel_pos_bias, relative_position_index, resize_rel_pos_table
 
 ATTENTION_KERNELS = ("sdpa", "flex", "auto")
@@ -141,24 +145,45 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos: R
         return _flex_attention(compiled)(q, k, v, score_mod=score_mod)
 
 
+QKV_BIAS = ("qkv", "qv", "none")
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention; ``bias``: a dense (H, N, N) mask (sdpa) or a :class:`RelPosTable` (flex)."""
+    """Multi-head self-attention; ``bias``: a dense (H, N, N) mask (sdpa) or a :class:`RelPosTable` (flex);
+    ``rope``: the rotary tables of these tokens, or None.
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    ``qkv_bias``: ``"qkv"`` (ViT), ``"qv"`` (BEiT-style sources without a k bias: the k third of
+    ``qkv.bias`` is masked out, as DINOv3's ``bias_mask``; a k bias adds the same score to every key of a
+    query, so softmax ignores it anyway) or ``"none"`` (no ``qkv.bias``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "qkv") -> None:
         super().__init__()
+        if qkv_bias not in QKV_BIAS:
+            raise ConfigError(f"qkv_bias must be one of {QKV_BIAS}, got {qkv_bias!r}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias != "none")
         self.proj = nn.Linear(dim, dim)
+        mask = torch.tensor([1.0, 0.0, 1.0]).repeat_interleave(dim) if qkv_bias == "qv" else None
+        self.register_buffer("qkv_bias_mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | RelPosTable | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | RelPosTable | None, rope: RotaryTables | None = None
+    ) -> torch.Tensor:
         b, n, c = x.shape  # (batch * windows, tokens, dim)
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv_bias = self.qkv.bias
+        if self.qkv_bias_mask is not None:
+            qkv_bias = qkv_bias * self.qkv_bias_mask
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
         if isinstance(bias, RelPosTable):
-            x = flex_attention(qkv[0], qkv[1], qkv[2], bias)
+            x = flex_attention(q, k, v, bias)
         else:
             if bias is not None:
-                bias = bias.to(qkv.dtype).unsqueeze(0)  # (1, H, N, N) broadcasts over batch*windows
-            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
+                bias = bias.to(q.dtype).unsqueeze(0)  # (1, H, N, N) broadcasts over batch*windows
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 

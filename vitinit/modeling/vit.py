@@ -8,6 +8,11 @@ all global blocks. Layer scale is optional (BEiT keeps it).
 
 Windows follow detectron2's ViTDet: the grid is zero-padded (after ``norm1``) to a multiple of the window and
 cropped back, and padded tokens are not masked.
+
+The same backbone expresses today's pre-trained ViTs (``ViTBackboneConfig``): RoPE on q/k in the DINOv3 or
+EVA variant (``vitinit.modeling.rope``; every block, combinable with the absolute embedding and the tables),
+the MLP (GELU, tanh-GELU, QuickGELU, SwiGLU, optionally with EVA-02's sub-LN), a norm before the blocks
+(CLIP's ``ln_pre``), the q/k/v bias pattern and a bias-free patch embedding.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from vitinit.modeling.attention import (
     window_partition,
     window_unpartition,
 )
-from vitinit.modeling.layers import DropPath, Mlp
+from vitinit.modeling.layers import DropPath, build_mlp
+from vitinit.modeling.rope import RotaryTables, rotary_tables
 from vitinit.modeling.vit_config import (  # noqa: F401  (re-exported: the backbone's config lives beside it)
     REL_POS_STYLES,
     ViTBackboneConfig,
@@ -54,14 +60,17 @@ class Block(nn.Module):
         rel_pos_grid: tuple[int, int] | None = None,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        mlp: str = "gelu",
+        mlp_norm: bool = False,
+        qkv_bias: str = "qkv",
     ) -> None:
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, mlp_hidden_dim)
+        self.mlp = build_mlp(dim, mlp_hidden_dim, mlp, mlp_norm, norm_eps)
         # Layer scale as BEiT names it; values come from the checkpoint (1.0 is identity for fresh models).
         self.gamma_1 = nn.Parameter(torch.ones(dim)) if layer_scale else None
         self.gamma_2 = nn.Parameter(torch.ones(dim)) if layer_scale else None
@@ -69,9 +78,14 @@ class Block(nn.Module):
         self.rel_pos = RelativePositionBias(rel_pos_grid, num_heads) if rel_pos_grid else None
 
     def forward(
-        self, x: torch.Tensor, shared_bias: torch.Tensor | RelPosTable | None, flex: bool = False
+        self,
+        x: torch.Tensor,
+        shared_bias: torch.Tensor | RelPosTable | None,
+        flex: bool = False,
+        rope: RotaryTables | None = None,
     ) -> torch.Tensor:
-        """``shared_bias``: the backbone's dense bias (sdpa) or table (``flex``) for this block's kind."""
+        """``shared_bias``: the backbone's dense bias (sdpa) or table (``flex``) for this block's kind;
+        ``rope``: the backbone's rotary tables for this block's kind (windowed or global)."""
         b, h, w, c = x.shape
         y = self.norm1(x)
         if self.window_size:
@@ -82,7 +96,7 @@ class Block(nn.Module):
         bias = shared_bias
         if self.rel_pos is not None:
             bias = self.rel_pos.table_for(grid) if flex else self.rel_pos(grid)
-        y = self.attn(y, bias)
+        y = self.attn(y, bias, rope)
         if self.window_size:
             y = window_unpartition(y, self.window_size, padded, (h, w))
         else:
@@ -104,8 +118,11 @@ class DetectionViT(nn.Module):
         self.config = cfg = config
         d = cfg.embed_dim
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed.proj = nn.Conv2d(
+            cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, *cfg.grid, d)) if cfg.use_abs_pos else None
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.pre_norm else None
         window_grid = (cfg.window_size, cfg.window_size)
         if cfg.rel_pos == "shared":
             self.rel_pos_window = RelativePositionBias(window_grid, cfg.num_heads)
@@ -125,6 +142,9 @@ class DetectionViT(nn.Module):
                     ),
                     drop_path=dpr[i],
                     norm_eps=cfg.norm_eps,
+                    mlp=cfg.mlp,
+                    mlp_norm=cfg.mlp_norm,
+                    qkv_bias=cfg.qkv_bias,
                 )
             )
         self.blocks = nn.ModuleList(blocks)
@@ -160,11 +180,26 @@ class DetectionViT(nn.Module):
         g = self.config.grid
         return resize_abs_pos_embed(self.pos_embed.flatten(1, 2), g, tuple(grid))
 
+    def rotary(self, grid: tuple[int, int], device: torch.device) -> tuple:
+        """(windowed, global) rotary tables for a token grid, each None where no such block exists."""
+        cfg = self.config
+        if cfg.rope is None:
+            return None, None
+        head_dim, ws = cfg.embed_dim // cfg.num_heads, cfg.window_size
+        windowed = any(blk.window_size for blk in self.blocks)
+        global_ = any(not blk.window_size for blk in self.blocks)
+        return (
+            rotary_tables(cfg.rope, head_dim, grid, window=ws, device=device) if windowed else None,
+            rotary_tables(cfg.rope, head_dim, grid, device=device) if global_ else None,
+        )
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # (B, h, w, D)
         grid = (x.shape[1], x.shape[2])
         if self.pos_embed is not None:
             x = x + self.abs_pos(grid)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         flex = resolve_kernel(self.config.attention, x.device, needs_grad=needs_grad) == "flex"
         window_bias = global_bias = None
@@ -183,14 +218,16 @@ class DetectionViT(nn.Module):
                 dtype = torch.get_autocast_dtype(x.device.type)
                 window_bias = window_bias.to(dtype) if window_bias is not None else None
                 global_bias = global_bias.to(dtype) if global_bias is not None else None
+        window_rope, global_rope = self.rotary(grid, x.device)
         outs = []
         wanted = set(self.config.feature_indices)
         for i, blk in enumerate(self.blocks):
             bias = window_bias if blk.window_size else global_bias
+            rope = window_rope if blk.window_size else global_rope
             if self.config.use_act_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(blk, x, bias, flex, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, bias, flex, rope, use_reentrant=False)
             else:
-                x = blk(x, bias, flex)
+                x = blk(x, bias, flex, rope)
             if i in wanted:
                 outs.append(x.permute(0, 3, 1, 2))
         return outs

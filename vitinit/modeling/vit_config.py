@@ -10,10 +10,15 @@ import json
 from dataclasses import asdict, dataclass, replace
 
 from vitinit.errors import ConfigError
-from vitinit.modeling.attention import ATTENTION_KERNELS
+from vitinit.modeling.attention import ATTENTION_KERNELS, QKV_BIAS
+from vitinit.ops.rope import RopeSpec
 from vitinit.variants import get_variant
 
 REL_POS_STYLES = ("shared", "per_block", "none")
+MLP_KINDS = ("gelu", "gelu_tanh", "quick_gelu", "swiglu")
+# Architecture fields added after format_version 1 files were first written, with the value every earlier
+# file implies: to_json leaves them out at that value, so earlier files and these read the same.
+_PLAIN_VIT = dict(rope=None, mlp="gelu", mlp_norm=False, pre_norm=False, qkv_bias="qkv", patch_bias=True)
 
 
 def quarter_block_indexes(depth: int, groups: int = 4) -> tuple[int, ...]:
@@ -44,8 +49,24 @@ class ViTBackboneConfig:
     use_act_checkpoint: bool = False  # activation checkpointing, per block
     out_indices: tuple[int, ...] | None = None  # blocks whose outputs are returned; None = the global ones
     attention: str = "auto"  # sdpa | flex | auto (vitinit.modeling.attention); a run-time choice, not weights
+    # Beyond the plain ViT (vitinit.canonical.ViTSpec's fields of the same names):
+    rope: RopeSpec | None = None  # rotary q/k embedding (DINOv3, EVA-02), on every block
+    mlp: str = "gelu"  # gelu | gelu_tanh | quick_gelu | swiglu
+    mlp_norm: bool = False  # sub-LayerNorm before fc2 (EVA-02)
+    pre_norm: bool = False  # LayerNorm before the blocks (CLIP's ln_pre)
+    qkv_bias: str = "qkv"  # qkv | qv (k bias masked) | none
+    patch_bias: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.rope, dict):
+            object.__setattr__(self, "rope", RopeSpec.from_dict(self.rope))
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
+        if self.qkv_bias not in QKV_BIAS:
+            raise ConfigError(f"qkv_bias must be one of {QKV_BIAS}, got {self.qkv_bias!r}")
+        head_dim = self.embed_dim // self.num_heads
+        if self.rope is not None and head_dim % 4:
+            raise ConfigError(f"2-D RoPE needs a head dimension divisible by 4, got {head_dim}")
         if self.attention not in ATTENTION_KERNELS:
             raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
         if self.rel_pos not in REL_POS_STYLES:
@@ -87,6 +108,10 @@ class ViTBackboneConfig:
         """The architecture, as converted files record it; ``attention`` is how to run it, not what it is."""
         d = asdict(self)
         d.pop("attention")
+        d["rope"] = self.rope.to_dict() if self.rope else None
+        for k, plain in _PLAIN_VIT.items():
+            if d[k] == plain:
+                del d[k]
         return json.dumps(d, sort_keys=True)
 
     @classmethod

@@ -98,6 +98,12 @@ def detection_config(
         use_abs_pos=abs_pos != "none",
         layer_scale=spec.layer_scale and layer_scale == "keep",
         norm_eps=spec.norm_eps,
+        rope=spec.rope,
+        mlp=spec.mlp,
+        mlp_norm=spec.mlp_norm,
+        pre_norm=spec.pre_norm,
+        qkv_bias=spec.qkv_bias,
+        patch_bias=spec.patch_bias,
         **extra,
     )
 
@@ -260,10 +266,23 @@ def to_vitdet(
     out.update(_rel_pos(ckpt, config, rel_pos_resize, rel_pos_init, record))
     out.update(block_tensors(ckpt, keep_gamma=keep_gamma))
     record["layer_scale"] = layer_scale_record(ckpt, keep_gamma)
+    if spec.rope is not None:
+        record["rope"] = rope_record(spec.rope, config)
     _check_against_model(out, config)
     prov = Provenance.from_dict(ckpt.provenance.to_dict())
     prov.normalization = record
     return out, prov
+
+
+def rope_record(rope, config: ViTBackboneConfig) -> str:
+    """What the converted backbone's RoPE computes at its detection grid (``vitinit.ops.rope``)."""
+    gh, gw = config.grid
+    if rope.variant == "dinov3":
+        rule = f"DINOv3 RoPE (base {rope.base:g}, periods {rope.periods_dtype}): cell centres 2(i+0.5)/n-1"
+    else:
+        ph, pw = rope.pretrain_grid
+        rule = f"EVA RoPE (theta {rope.base:g}): positions i*{ph}/n of the {ph}x{pw} pre-training grid"
+    return f"{rule} on the {gh}x{gw} grid, windowed blocks included (padding continues the rule)"
 
 
 def _check_against_model(tensors: dict[str, LazyTensor], config: ViTBackboneConfig) -> None:

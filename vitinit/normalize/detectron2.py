@@ -23,9 +23,31 @@ from vitinit.normalize.options import Normalized, NormalizeOptions
 PREFIX = "backbone.net."
 
 
+def inexpressible(spec) -> list[str]:
+    """What of ``spec`` detectron2's ViT cannot compute (it has learned absolute positions, a GELU MLP and
+    no norm before its blocks); empty when it can."""
+    why = []
+    if spec.rope is not None:
+        why.append(f"{spec.rope.variant} RoPE")
+    if spec.mlp != "gelu":
+        why.append({"swiglu": "a SwiGLU MLP"}.get(spec.mlp, f"a {spec.mlp} MLP (its Mlp is exact GELU)"))
+    if spec.mlp_norm:
+        why.append("an MLP sub-LayerNorm")
+    if spec.pre_norm:
+        why.append("a norm before the blocks (ln_pre)")
+    return why
+
+
 def normalize(ckpt: Checkpoint, options: NormalizeOptions) -> Normalized:
     """``backbone.net.*`` tensors for detectron2's ViT, and the provenance with ``normalization`` filled."""
     spec, t = ckpt.spec, ckpt.tensors
+    missing = inexpressible(spec)
+    if missing:
+        raise SpecMismatchError(
+            f"--to detectron2 cannot express {ckpt.provenance.family}'s {', '.join(missing)}: upstream "
+            "ViTDet's ViT has none of them, so its weights would compute something else; convert --to "
+            "vitdet, whose backbone has them"
+        )
     if spec.rel_pos != "none" and not options.drop_rel_pos:
         raise SpecMismatchError(
             f"--to detectron2 cannot hold {ckpt.provenance.family}'s relative position bias tables "
@@ -64,6 +86,11 @@ def normalize(ckpt: Checkpoint, options: NormalizeOptions) -> Normalized:
     globals_ = set(options.global_blocks_for(spec.depth))
     head_dim = spec.embed_dim // spec.num_heads
     out.update(block_tensors(ckpt, keep_gamma=False, prefix=PREFIX))
+    # detectron2's ViT always has these biases; zeros compute what a bias-free source does.
+    if not spec.patch_bias:
+        out[PREFIX + "patch_embed.proj.bias"] = zeros((spec.embed_dim,))
+    for i in range(spec.depth) if spec.qkv_bias == "none" else ():
+        out[f"{PREFIX}blocks.{i}.attn.qkv.bias"] = zeros((3 * spec.embed_dim,))
     use_rel_pos = options.rel_pos != "none"
     for i in range(spec.depth) if use_rel_pos else ():
         size = grid if i in globals_ else options.window_size

@@ -55,7 +55,7 @@ def block_tensors(ckpt: Checkpoint, *, keep_gamma: bool, prefix: str = "") -> di
     """Every block's tensors as float32, layer scale kept or folded into the linears."""
     t, out = ckpt.tensors, {}
     for i in range(ckpt.spec.depth):
-        for name in block_keys(i, layer_scale=False):
+        for name in block_keys(i, layer_scale=False, spec=ckpt.spec):
             out[prefix + name] = as_float32(t[name])
         if not ckpt.spec.layer_scale:
             continue
@@ -70,7 +70,10 @@ def block_tensors(ckpt: Checkpoint, *, keep_gamma: bool, prefix: str = "") -> di
 
 
 def patch_tensors(ckpt: Checkpoint, prefix: str = "") -> dict[str, LazyTensor]:
-    names = ("patch_embed.proj.weight", "patch_embed.proj.bias")
+    """The patch embedding and, where the source has one, the norm before the blocks (``norm_pre``)."""
+    names = ["patch_embed.proj.weight"]
+    names += ["patch_embed.proj.bias"] if ckpt.spec.patch_bias else []
+    names += ["norm_pre.weight", "norm_pre.bias"] if ckpt.spec.pre_norm else []
     return {prefix + k: as_float32(ckpt.tensors[k]) for k in names}
 
 
