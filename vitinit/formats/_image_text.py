@@ -87,27 +87,18 @@ def hf_activation(name: str, fmt: str) -> str:
     return HF_ACTIVATIONS[name]
 
 
-def split_timm_extras(sd: LazyMap) -> tuple[LazyMap, TensorMap, dict[str, str]]:
-    """(the rest, for :func:`canonical_from_timm`; ``norm_pre``; dropped) of a timm CLIP / SigLIP dict."""
-    rest: LazyMap = {}
-    kept: TensorMap = {}
+def canonical_from_timm_tower(sd: LazyMap, fmt: str) -> tuple[TensorMap, dict[str, str]]:
+    """timm's CLIP / SigLIP tower in canonical names (``norm_pre`` is canonical), the MAP head dropped."""
     dropped: dict[str, str] = {}
     counts: dict[str, int] = {}
+    rest: LazyMap = {}
     for key, t in sd.items():
-        if key.startswith("norm_pre."):
-            kept[key] = t
-        elif key.startswith("attn_pool."):
+        if key.startswith("attn_pool."):
             record_dropped(dropped, counts, key, "attn_pool.*", WHY["map"])
         else:
             rest[key] = t
-    return rest, kept, dropped
-
-
-def canonical_from_timm_tower(sd: LazyMap, fmt: str) -> tuple[TensorMap, dict[str, str]]:
-    """timm's CLIP / SigLIP tower in canonical names: ``norm_pre`` kept, the MAP head dropped."""
-    rest, tensors, dropped = split_timm_extras(sd)
-    more, more_dropped = canonical_from_timm(rest, fmt=fmt)
-    return {**tensors, **more}, {**dropped, **more_dropped}
+    tensors, more = canonical_from_timm(rest, fmt=fmt)
+    return tensors, {**dropped, **more}
 
 
 def timm_architecture(arch: str, model_args: dict) -> tuple[str, float, int] | None:
