@@ -80,3 +80,34 @@ def test_open_clip_text_tower_is_not_read_as_blocks(made):
     assert ckpt.spec.depth == len(source.visual.transformer.resblocks)
     with pytest.raises(CheckpointFormatError, match="not a siglip checkpoint"):
         read_checkpoint(path, family="siglip", num_heads=mf.HEADS)
+
+
+def test_hub_config_without_defaults_gets_the_config_class_defaults(tmp_path):
+    """openai/clip-vit-base-patch16's config.json lists only ``patch_size`` in ``vision_config``: the rest
+    are CLIPVisionConfig's defaults (QuickGELU, eps 1e-5), as transformers fills them in."""
+    import json
+
+    from fixtures import make_clip_siglip as mc
+
+    mc.hf_clip(tmp_path / "clip", full=True)
+    config = json.loads((tmp_path / "clip" / "config.json").read_text())
+    for key in ("hidden_act", "layer_norm_eps"):
+        config["vision_config"].pop(key, None)
+    (tmp_path / "clip" / "config.json").write_text(json.dumps(config))
+    spec = read_checkpoint(tmp_path / "clip").spec
+    assert (spec.mlp, spec.norm_eps, spec.pre_norm) == ("quick_gelu", 1e-5, True)
+
+
+def test_open_clip_resnet_tower_is_refused_in_one_line(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "rn"
+    folder.mkdir()
+    save_file({"visual.conv1.weight": torch.zeros(8, 3, 3, 3)}, str(folder / "open_clip_model.safetensors"))
+    vision = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}  # open_clip's RN50.json shape
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": vision}}))
+    with pytest.raises(CheckpointFormatError, match="not a ViT tower") as e:
+        read_checkpoint(folder)
+    assert "\n" not in str(e.value)
