@@ -111,3 +111,12 @@ def test_open_clip_resnet_tower_is_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointFormatError, match="not a ViT tower") as e:
         read_checkpoint(folder)
     assert "\n" not in str(e.value)
+
+
+def test_timm_openai_clip_under_a_gelu_architecture_says_so(made):
+    """timm serves OpenAI's weights under ``vit_base_patch16_clip_224``, which timm computes with exact GELU:
+    converted as timm computes it, with a note that OpenAI trained them with QuickGELU."""
+    path, source = made["clip_timm_gelu"]
+    ckpt = _read("clip_timm_gelu", path)
+    assert type(source.blocks[0].mlp.act).__name__ == "GELU" and ckpt.spec.mlp == "gelu"
+    assert any("OpenAI trained these weights with QuickGELU" in n for n in ckpt.provenance.notes)

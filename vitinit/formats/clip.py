@@ -20,9 +20,9 @@ What the backbone keeps: patch embedding, positions without the class row, ln_pr
 
 from __future__ import annotations
 
+import vitinit.formats._image_text as it
 from vitinit.canonical import Checkpoint, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats import _image_text as it
 from vitinit.formats._common import DECLARED, LazyMap, Score, build_checkpoint, record_dropped, state_dict_of
 from vitinit.formats.hf import canonical_from_hf
 from vitinit.io.load import RawCheckpoint

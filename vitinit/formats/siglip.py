@@ -20,9 +20,9 @@ positions resized per image) is refused: it is a different model, not a layout.
 
 from __future__ import annotations
 
+import vitinit.formats._image_text as it
 from vitinit.canonical import Checkpoint
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats import _image_text as it
 from vitinit.formats._common import (
     DECLARED,
     Score,
