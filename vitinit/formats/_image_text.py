@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 
-from vitinit.canonical import LazyTensor, TensorMap
+from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats._common import LazyMap, canonical_from_timm, record_dropped
+from vitinit.families import DISPLAY_NAMES
+from vitinit.formats._common import LazyMap, build_checkpoint, canonical_from_timm, record_dropped
+from vitinit.formats.hf import canonical_from_hf
 from vitinit.io.files import read_json
 from vitinit.io.load import RawCheckpoint
 
@@ -79,12 +81,24 @@ def hf_vision_config(raw: RawCheckpoint) -> dict:
     return vision if isinstance(vision, dict) else cfg
 
 
-def hf_activation(name: str, fmt: str) -> str:
-    if name not in HF_ACTIVATIONS:
+def read_hf_tower(
+    raw: RawCheckpoint, fmt: str, defaults: dict
+) -> tuple[TensorMap, dict[str, str], str, float, int | None]:
+    """(tensors, dropped, MLP kind, eps, heads or None) of a transformers CLIP / SigLIP folder; ``defaults``:
+    the config class's ``hidden_act`` and ``layer_norm_eps``, for configs that leave them out."""
+    cfg = hf_vision_config(raw)
+    tensors, dropped = canonical_from_hf(
+        dict(raw.tensors()), fmt, renames=HF_RENAMES, drops=HF_DROPS, roots=HF_ROOTS
+    )
+    if "pos_embed" in tensors:
+        tensors["pos_embed"] = rows_to_batch(tensors["pos_embed"])
+    act = cfg.get("hidden_act", defaults["hidden_act"])
+    if act not in HF_ACTIVATIONS:
         raise CheckpointFormatError(
-            f"{fmt}: hidden_act {name!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})"
+            f"{fmt}: hidden_act {act!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})"
         )
-    return HF_ACTIVATIONS[name]
+    eps = float(cfg.get("layer_norm_eps", defaults["layer_norm_eps"]))
+    return tensors, dropped, HF_ACTIVATIONS[act], eps, cfg.get("num_attention_heads")
 
 
 def canonical_from_timm_tower(sd: LazyMap, fmt: str) -> tuple[TensorMap, dict[str, str]]:
@@ -142,17 +156,34 @@ def input_norm(raw: RawCheckpoint, default: tuple[tuple, tuple], family: str) ->
         found = (pre.get("image_mean"), pre.get("image_std"), "preprocessor_config.json (transformers)")
     if found and _three(found[0]) and _three(found[1]):
         return list(found[0]), list(found[1]), found[2]
-    return list(default[0]), list(default[1]), f"{family}'s documented values (the source has no config)"
+    name = DISPLAY_NAMES.get(family, family)
+    return list(default[0]), list(default[1]), f"{name}'s documented values (the source has no config)"
 
 
 def _three(v) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
 
 
-def describe(mlp: str, norm: tuple[list, list, str]) -> str:
-    """The provenance note on what the reader decided that the tensors cannot show."""
+def build_tower(
+    raw: RawCheckpoint,
+    tensors: TensorMap,
+    dropped: dict[str, str],
+    *,
+    family: str,
+    fmt: str,
+    mlp: str,
+    default_norm: tuple[tuple, tuple],
+    notes: list[str],
+    **spec_hints,
+) -> Checkpoint:
+    """The canonical checkpoint of a tower, with its activation and input normalisation recorded."""
+    norm = input_norm(raw, default_norm, family)
     mean, std, origin = norm
-    return f"MLP activation {mlp}; input mean {_fmt(mean)} std {_fmt(std)} from {origin}"
+    notes.append(f"MLP activation {mlp}; input mean {_fmt(mean)} std {_fmt(std)} from {origin}")
+    return build_checkpoint(
+        tensors, dropped, family=family, fmt=fmt, source=str(raw.path), mlp=mlp, input_norm=norm, notes=notes,
+        **spec_hints,
+    )
 
 
 def _fmt(v: list) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import vitinit.formats._image_text as it
 from vitinit.canonical import Checkpoint, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats._common import DECLARED, LazyMap, Score, build_checkpoint, record_dropped, state_dict_of
+from vitinit.formats._common import DECLARED, LazyMap, Score, record_dropped, state_dict_of
 from vitinit.formats.hf import canonical_from_hf
 from vitinit.io.load import RawCheckpoint
 
@@ -116,16 +116,8 @@ def read(
     heads_hint: int | None = None
     prefix: int | None = 1  # CLIP's position rows: the class row, then the grid
     if raw.container == "hf-folder":
-        cfg = it.hf_vision_config(raw)
         fmt = MODEL_TYPES.get((raw.config or {}).get("model_type"), "hf/clip")
-        tensors, dropped = canonical_from_hf(
-            dict(raw.tensors()), fmt, renames=it.HF_RENAMES, drops=it.HF_DROPS, roots=it.HF_ROOTS
-        )
-        if "pos_embed" in tensors:
-            tensors["pos_embed"] = it.rows_to_batch(tensors["pos_embed"])
-        mlp = it.hf_activation(cfg.get("hidden_act", HF_DEFAULTS["hidden_act"]), fmt)
-        eps = float(cfg.get("layer_norm_eps", HF_DEFAULTS["layer_norm_eps"]))
-        heads_hint = cfg.get("num_attention_heads")
+        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS)
         notes.append(f"hidden_act, layer_norm_eps {eps:g} and heads from config.json")
     elif raw.container == "open_clip-folder":
         fmt = "clip/open_clip-folder"
@@ -162,20 +154,7 @@ def read(
         mlp, eps = "quick_gelu", 1e-5
         notes.append("no config: QuickGELU and eps 1e-5, OpenAI CLIP's (open_clip's GELU models: convert "
                      "their folder, whose config says so)")
-    norm = it.input_norm(raw, MEAN_STD, "CLIP")
-    notes.append(it.describe(mlp, norm))
-    return build_checkpoint(
-        tensors,
-        dropped,
-        family=FAMILY,
-        fmt=fmt,
-        source=str(raw.path),
-        model=model,
-        num_heads=num_heads,
-        heads_hint=heads_hint,
-        num_prefix_tokens=prefix,
-        norm_eps=eps,
-        mlp=mlp,
-        input_norm=norm,
-        notes=notes,
+    return it.build_tower(
+        raw, tensors, dropped, family=FAMILY, fmt=fmt, mlp=mlp, default_norm=MEAN_STD, notes=notes,
+        model=model, num_heads=num_heads, heads_hint=heads_hint, num_prefix_tokens=prefix, norm_eps=eps,
     )

@@ -26,12 +26,10 @@ from vitinit.errors import CheckpointFormatError
 from vitinit.formats._common import (
     DECLARED,
     Score,
-    build_checkpoint,
     is_timm_layout,
     record_dropped,
     state_dict_of,
 )
-from vitinit.formats.hf import canonical_from_hf
 from vitinit.io.load import RawCheckpoint
 
 FAMILY = "siglip"
@@ -86,16 +84,8 @@ def read(
     notes: list[str] = []
     heads_hint = None
     if raw.container == "hf-folder":
-        cfg = it.hf_vision_config(raw)
         fmt = MODEL_TYPES.get((raw.config or {}).get("model_type"), "hf/siglip")
-        tensors, dropped = canonical_from_hf(
-            dict(raw.tensors()), fmt, renames=it.HF_RENAMES, drops=it.HF_DROPS, roots=it.HF_ROOTS
-        )
-        if "pos_embed" in tensors:
-            tensors["pos_embed"] = it.rows_to_batch(tensors["pos_embed"])
-        mlp = it.hf_activation(cfg.get("hidden_act", HF_DEFAULTS["hidden_act"]), fmt)
-        eps = float(cfg.get("layer_norm_eps", HF_DEFAULTS["layer_norm_eps"]))
-        heads_hint = cfg.get("num_attention_heads")
+        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS)
         notes.append(f"hidden_act, layer_norm_eps {eps:g} and heads from config.json")
     elif raw.container in ("timm-folder", "open_clip-folder"):
         cfg = raw.config or {}
@@ -127,20 +117,7 @@ def read(
         tensors, dropped = it.canonical_from_timm_tower(state_dict_of(raw), fmt)
         mlp, eps = "gelu_tanh", 1e-6
         notes.append("no config: tanh-GELU and eps 1e-6, SigLIP's own (big_vision)")
-    norm = it.input_norm(raw, MEAN_STD, "SigLIP")
-    notes.append(it.describe(mlp, norm))
-    return build_checkpoint(
-        tensors,
-        dropped,
-        family=FAMILY,
-        fmt=fmt,
-        source=str(raw.path),
-        model=model,
-        num_heads=num_heads,
-        heads_hint=heads_hint,
-        num_prefix_tokens=0,  # no class token: the position rows are the grid
-        norm_eps=eps,
-        mlp=mlp,
-        input_norm=norm,
-        notes=notes,
+    return it.build_tower(
+        raw, tensors, dropped, family=FAMILY, fmt=fmt, mlp=mlp, default_norm=MEAN_STD, notes=notes,
+        model=model, num_heads=num_heads, heads_hint=heads_hint, num_prefix_tokens=0, norm_eps=eps,  # no class row
     )
