@@ -119,5 +119,5 @@ def read(
         notes.append("no config: tanh-GELU and eps 1e-6, SigLIP's own (big_vision)")
     return it.build_tower(
         raw, tensors, dropped, family=FAMILY, fmt=fmt, mlp=mlp, default_norm=MEAN_STD, notes=notes,
-        model=model, num_heads=num_heads, heads_hint=heads_hint, num_prefix_tokens=0, norm_eps=eps,  # no class row
+        model=model, num_heads=num_heads, heads_hint=heads_hint, num_prefix_tokens=0, norm_eps=eps,
     )
