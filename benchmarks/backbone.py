@@ -22,6 +22,13 @@ wall time, and on CPU also the process's CPU time (all threads), steadier than w
 each in a fresh process), and prints our time and peak memory as ratios of detectron2's. Kernels: ``sdpa``;
 ``flex`` (on CPU inference-only, eager unless ``flex-compiled``, which compiles first during warmup).
 Mode ``inference`` is the forward alone under ``torch.no_grad``.
+
+``--rope dinov3,eva`` adds the same jobs with 2-D RoPE on q/k (DINOv3's or EVA-02's variant, windowed blocks
+on whole-grid coordinates) and prints each as a ratio of the same strategy, kernel and mode without RoPE:
+what RoPE costs per kernel.
+
+    python benchmarks/backbone.py --size 512 --strategies window+4global --kernels sdpa,flex \
+        --modes inference --rope dinov3,eva
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ STRATEGIES = {
 }
 BASELINE = "window+4global"
 KERNELS = ("sdpa", "flex", "flex-compiled")
+ROPES = ("dinov3", "eva")
+IMPLS = ("vitinit", "detectron2", *(f"vitinit+rope-{r}" for r in ROPES))
 MODES = ("train", "inference")
 D2_ENV = "VITINIT_DETECTRON2_SRC"
 
@@ -129,6 +138,12 @@ def run_worker(args: argparse.Namespace) -> dict:
             args.model, img_size=args.size, global_block_indexes=global_blocks, use_act_checkpoint=ckpt,
             out_indices=quarter_block_indexes(depth), attention=args.kernel.split("-")[0],
         )
+        if args.impl.startswith("vitinit+rope-"):
+            from vitinit.ops.rope import RopeSpec
+
+            variant = args.impl.removeprefix("vitinit+rope-")
+            rope = RopeSpec("dinov3", 100.0) if variant == "dinov3" else RopeSpec("eva", 1e4, (16, 16))
+            cfg = cfg.replace(rope=rope)
         model = DetectionViT(cfg)
     model = model.to(device).train()
     x = torch.randn(1, 3, args.size, args.size, device=device)
@@ -204,10 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernels", default="sdpa", help="attention kernels: " + ", ".join(KERNELS))
     p.add_argument("--modes", default="train", help="train (forward + backward) and/or inference")
     p.add_argument("--against", choices=["detectron2"], help="also run detectron2's ViT; ratios against it")
+    p.add_argument("--rope", default="", help="also with RoPE: " + ", ".join(ROPES) + " (ratios vs none)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds of every job (median)")
     p.add_argument("--quick", action="store_true", help="256 px, 1 iteration, no warmup")
     p.add_argument("--worker", choices=list(STRATEGIES), help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="vitinit", choices=["vitinit", "detectron2"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", default="vitinit", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--kernel", default="sdpa", choices=KERNELS, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="train", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -230,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    ropes = [r.strip() for r in args.rope.split(",") if r.strip()]
     for name, got, allowed in (("strategies", wanted, STRATEGIES), ("kernels", kernels, KERNELS),
-                               ("modes", modes, MODES)):
+                               ("modes", modes, MODES), ("rope variants", ropes, ROPES)):
         unknown = [x for x in got if x not in allowed]
         if unknown:
             p.error(f"unknown {name} {unknown}; choose from {list(allowed)}")
@@ -246,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.against:
                 jobs.append(("detectron2", strategy, "-", mode))
             jobs += [("vitinit", strategy, k, mode) for k in kernels]
+            jobs += [(f"vitinit+rope-{r}", strategy, k, mode) for r in ropes for k in kernels]
     if BASELINE in wanted and not args.against and "sdpa" not in kernels:
         jobs += [("vitinit", BASELINE, "sdpa", m) for m in modes]
     runs: dict[tuple, list[dict]] = {job: [] for job in jobs}
@@ -262,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[job].append({"status": f"skipped: needs {gib}"})
                 continue
             with console.status(f"{impl} {strategy} {kernel} {mode}"):
-                r = run_strategy(args, strategy, impl if impl == "detectron2" else "vitinit",
-                                 "sdpa" if kernel == "-" else kernel, mode)
+                r = run_strategy(args, strategy, impl, "sdpa" if kernel == "-" else kernel, mode)
             runs[job].append(r)
             console.log(f"{impl} {strategy} {kernel} {mode}: " + (
                 f"{r['time_s']:.2f} s, {r['peak_bytes'] / 2**30:.2f} GiB" if r["status"] == "ok"
@@ -271,8 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {job: _median_result(rs) for job, rs in runs.items()}
 
     def baseline(job: tuple) -> dict:
-        _, strategy, _, mode = job
+        impl, strategy, kernel, mode = job
         key = ("detectron2", strategy, "-", mode) if args.against else ("vitinit", BASELINE, "sdpa", mode)
+        if impl.startswith("vitinit+rope-"):  # RoPE's cost: against the same job without it
+            key = ("vitinit", strategy, kernel, mode)
         return results.get(key, {"status": "missing"})
 
     against = (
@@ -284,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.device}, {'/'.join(map(str, sorted(threads)))} thread(s)",
         caption=f"median of {args.iters} after {args.warmup} warmup, {max(1, args.repeats)} interleaved "
         f"round(s), each in a fresh process; memory = peak RSS (CPU) / max allocated (CUDA) above the model "
-        f"at rest; × = ratio against {against}",
+        f"at rest; × = ratio against {against}" + ("; RoPE rows: against the same row without RoPE" if ropes
+                                                   else ""),
     )
     for col in ("backbone", "blocks", "kernel", "mode"):
         table.add_column(col, no_wrap=True)

@@ -8,7 +8,9 @@ compares the converted DetectionViT with the source model on patch tokens at the
 - **default options** (lossless: per-block tables kept where the source has them, a zero absolute
   position embedding where the source has none, layer scale kept; what the tests assert, ≤ 1e-5);
 - **paper options** (``--rel-pos shared --abs-pos random``: the paper's two shared tables, a fresh absolute
-  embedding where the source has none): lossy wherever the source has no abs pos or per-block tables.
+  embedding where the source has none): lossy wherever the source has no abs pos or per-block tables;
+- for the RoPE families (DINOv3, EVA-02, ``tests/fixtures/layouts_rope.py``) also **default options at 2x**
+  the pre-training grid, every block global, against the source's own code run at that size.
 
     python benchmarks/layout_table.py          # ~1 min on 2 CPU cores
 """
@@ -28,8 +30,10 @@ sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
 from fixtures import make_fixtures as mf  # noqa: E402
 from fixtures.layouts import IMAGE_TEXT, NEWER  # noqa: E402
+from fixtures.layouts_rope import ROPE  # noqa: E402
 from fixtures.reference import backbone_features, converted_backbone  # noqa: E402
 from test_formats import CASES  # noqa: E402
+from test_formats_rope import rope_max_diff  # noqa: E402
 
 from vitinit.formats import read_checkpoint  # noqa: E402
 
@@ -37,7 +41,7 @@ from vitinit.formats import read_checkpoint  # noqa: E402
 def rows():
     for name, (make, reference, file, family, fmt) in CASES.items():
         yield name, make, reference, file, family, fmt, not name.startswith("hf_"), "auto"
-    for name, c in {**NEWER, **IMAGE_TEXT}.items():
+    for name, c in {**NEWER, **ROPE, **IMAGE_TEXT}.items():
         yield name, c.make, c.reference, c.name, c.family, c.format, c.needs_heads, c.from_family or "auto"
 
 
@@ -57,19 +61,22 @@ def main() -> None:
     start = time.perf_counter()
     print(
         "| layout | read as | auto-detected | heads from | max abs diff (default options) "
-        "| max abs diff (paper options) |"
+        "| max abs diff (paper options) | max abs diff at 2x, all global (RoPE families) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, make, reference, file, family, fmt, needs_heads, how in rows():
         source = make(root / file)
         ckpt = read_checkpoint(root / file, family=how, num_heads=mf.HEADS if needs_heads else None)
         assert (ckpt.provenance.family, ckpt.provenance.format) == (family, fmt), name
         default = max_diff(ckpt, source, reference)
         paper = max_diff(ckpt, source, reference, rel_pos="shared", abs_pos="random")
+        twice = f"{rope_max_diff(ckpt, source, reference, 2):.1e}" if ckpt.spec.rope else "–"
         auto = "yes" if how == "auto" else f"no (--from {how}: same keys as beit)"
-        heads = "--num-heads (tiny custom width)" if needs_heads else "config.json"
-        print(f"| {name} | {family} ({fmt}) | {auto} | {heads} | {default:.1e} | {paper:.1e} |")
-    print(f"\n{len(CASES) + len(NEWER) + len(IMAGE_TEXT)} layouts in {time.perf_counter() - start:.0f} s")
+        from_config = "config.json" if (root / file).is_dir() else "the weights"
+        heads = "--num-heads (tiny custom width)" if needs_heads else from_config
+        print(f"| {name} | {family} ({fmt}) | {auto} | {heads} | {default:.1e} | {paper:.1e} | {twice} |")
+    count = len(CASES) + len(NEWER) + len(ROPE) + len(IMAGE_TEXT)
+    print(f"\n{count} layouts in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,17 @@ def inspect_cmd(
     console.print(
         f"model: {s.variant or 'custom'} — width {s.embed_dim}, depth {s.depth}, heads {s.num_heads}, "
         f"patch {s.patch_size}, pre-training grid {s.pretrain_grid[0]}x{s.pretrain_grid[1]}, "
-        f"layer scale {'yes' if s.layer_scale else 'no'}, relative position tables {s.rel_pos}",
+        f"layer scale {'yes' if s.layer_scale else 'no'}, relative position tables {s.rel_pos}, "
+        f"RoPE {s.rope.variant if s.rope else 'no'}, MLP {s.mlp}{' + sub-LN' if s.mlp_norm else ''}, "
+        f"pre-norm {'yes' if s.pre_norm else 'no'}, q/k/v bias {s.qkv_bias}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    norm = ckpt.provenance.input_norm
+    console.print(
+        f"input normalisation: mean {norm['mean']} std {norm['std']} ({norm['from']})"
+        if norm
+        else "input normalisation: not recorded (vitinit bench uses ImageNet's unless the recipe sets it)",
         highlight=False,
         soft_wrap=True,
     )
@@ -80,7 +90,7 @@ def inspect_cmd(
     console.print(dropped)
     _, prov = to_vitdet(ckpt, detection_config(s, img_size=size), seed=0)  # lazy: nothing is computed
     plan = Table(show_header=False, title=f"convert --to vitdet --size {size} would", title_justify="left")
-    for k in ("abs_pos", "rel_pos", "rel_pos_rule", "layer_scale"):
+    for k in ("abs_pos", "rel_pos", "rel_pos_rule", "rope", "layer_scale"):
         if k in prov.normalization:
             plan.add_row(k.replace("_", " "), str(prov.normalization[k]))
     console.print(plan)

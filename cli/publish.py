@@ -39,6 +39,8 @@ def publish(
     setup_logging(verbose)
     result = run_publish(weights, repo, private=private, dry_run=dry_run, base_model=base_model,
                          license=license, commit_message=message)
+    if result.notice:
+        console.print(f"note: {result.notice}", style="bold yellow", highlight=False, soft_wrap=True)
     verb = "would upload" if dry_run else "uploaded"
     table = Table("file in repo", "bytes", "from", title=f"{verb} to {result.repo_id}"
                   + (" (private)" if private else ""))

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitinit.data.synthetic import SyntheticSpec
+from vitinit.errors import ConfigError
 from vitinit.families import FAMILIES
-from vitinit.modeling.mask_rcnn import NORMS, MaskRCNNConfig
+from vitinit.modeling.mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, NORMS, MaskRCNNConfig
 from vitinit.modeling.pyramid import PYRAMIDS
 from vitinit.modeling.vit import REL_POS_STYLES, ViTBackboneConfig
 from vitinit.normalize.options import LAYER_SCALE_MODES
@@ -76,6 +77,13 @@ _BACKBONE_SET_ELSEWHERE = {
     "drop_path_rate",
     "use_act_checkpoint",
     "extra",
+    # The architecture the weights bring (ViTSpec's): never a recipe knob.
+    "rope",
+    "mlp",
+    "mlp_norm",
+    "pre_norm",
+    "qkv_bias",
+    "patch_bias",
 }
 
 
@@ -140,8 +148,12 @@ class Model:
     pyramid: str = knob("feature pyramid from the ViT", choices=PYRAMIDS)
     fpn_channels: int = knob("FPN width", min=1)
     norm: str = knob("norm in the FPN and heads", choices=NORMS)
-    pixel_mean: tuple[float, float, float] = knob("RGB mean, 0..1 scale")
-    pixel_std: tuple[float, float, float] = knob("RGB std, 0..1 scale", above=0.0)
+    pixel_mean: tuple[float, float, float] | None = knob(
+        "RGB mean, 0..1 scale; null = the mean the weights record (their source's), else ImageNet's"
+    )
+    pixel_std: tuple[float, float, float] | None = knob(
+        "RGB std, 0..1 scale; null = the std the weights record (their source's), else ImageNet's", above=0.0
+    )
     detector: dict = knob("other Mask R-CNN knobs (MaskRCNNConfig fields)", free=detector_fields)
 
 
@@ -234,9 +246,26 @@ class Recipe:
     train: Train = knob("training loop")
     eval: Eval = knob("evaluation")
 
-    def detector_config(self, backbone: ViTBackboneConfig, num_classes: int) -> MaskRCNNConfig:
-        """The Mask R-CNN of this recipe around ``backbone``."""
+    def input_norm(self, recorded: dict | None = None) -> tuple[tuple, tuple, str]:
+        """(mean, std, which) the detector normalizes images with: the recipe's ``model.pixel_mean/std``
+        where set, else what the weights record of their source (``Provenance.input_norm``), else
+        ImageNet's."""
+        m, recorded = self.model, recorded or {}
+        if m.pixel_mean is not None and m.pixel_std is not None:
+            return tuple(m.pixel_mean), tuple(m.pixel_std), "the recipe's model.pixel_mean/std"
+        if m.pixel_mean is not None or m.pixel_std is not None:
+            raise ConfigError("set both model.pixel_mean and model.pixel_std, or neither")
+        if recorded.get("mean") and recorded.get("std"):
+            return tuple(recorded["mean"]), tuple(recorded["std"]), f"the weights' ({recorded.get('from')})"
+        return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's (the weights record none)"
+
+    def detector_config(
+        self, backbone: ViTBackboneConfig, num_classes: int, input_norm: dict | None = None
+    ) -> MaskRCNNConfig:
+        """The Mask R-CNN of this recipe around ``backbone``; ``input_norm``: the weights' recorded
+        normalisation (see :meth:`input_norm`)."""
         m = self.model
+        mean, std, _ = self.input_norm(input_norm)
         return MaskRCNNConfig(
             backbone=backbone,
             num_classes=num_classes,
@@ -245,8 +274,8 @@ class Recipe:
             norm=m.norm,
             min_size=self.data.image_size,
             max_size=self.data.image_size,
-            image_mean=tuple(m.pixel_mean),
-            image_std=tuple(m.pixel_std),
+            image_mean=mean,
+            image_std=std,
             **m.detector,
         )
 

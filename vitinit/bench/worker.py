@@ -35,9 +35,12 @@ from vitinit.recipes.check import parse_recipe
 log = logging.getLogger(__name__)
 
 
-def build_model(recipe: dict, backbone: ViTBackboneConfig, num_classes: int) -> torch.nn.Module:
-    """The recipe's Mask R-CNN around ``backbone`` (see ``Recipe.detector_config``)."""
-    return build_mask_rcnn(parse_recipe(recipe).detector_config(backbone, num_classes))
+def build_model(
+    recipe: dict, backbone: ViTBackboneConfig, num_classes: int, input_norm: dict | None = None
+) -> torch.nn.Module:
+    """The recipe's Mask R-CNN around ``backbone`` (see ``Recipe.detector_config``); ``input_norm``: the
+    weights' recorded mean/std, used where the recipe leaves ``model.pixel_mean/std`` null."""
+    return build_mask_rcnn(parse_recipe(recipe).detector_config(backbone, num_classes, input_norm))
 
 
 @dataclass
@@ -123,7 +126,11 @@ def _train(
     torch.manual_seed(seed)  # same fresh weights on every rank
     backbone, state, provenance = load_weights(recipe)
     backbone = backbone.replace(attention=recipe["model"].get("attention", "auto"))  # a run-time choice
-    model = build_model(recipe, backbone, data.train.num_classes)
+    mean, std, which = parse_recipe(recipe).input_norm(provenance.get("input_norm"))
+    if main:
+        log.info("input normalisation: mean %s std %s, %s", list(mean), list(std), which)
+    provenance = {**provenance, "pixel_norm_used": {"mean": list(mean), "std": list(std), "from": which}}
+    model = build_model(recipe, backbone, data.train.num_classes, provenance.get("input_norm"))
     if state is not None:
         load_backbone_state(model.backbone.vit, state)
     vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline (model.detector.backbone_type)

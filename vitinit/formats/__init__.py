@@ -24,15 +24,30 @@ from types import ModuleType
 from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import FAMILIES as KNOWN_FAMILIES
-from vitinit.formats import beit, clip, dinov2, hf, mae, mocov3, random, siglip, supervised, timm_hub
-from vitinit.formats._common import DECLARED, Score
+from vitinit.formats import (
+    beit,
+    clip,
+    dinov2,
+    dinov3,
+    eva02,
+    hf,
+    mae,
+    mocov3,
+    random,
+    siglip,
+    supervised,
+    timm_hub,
+)
+from vitinit.formats._common import DECLARED, Score, record_input_norm
 from vitinit.io.load import OPEN_CLIP_WEIGHT_FILE_NAMES, WEIGHT_FILE_NAMES, RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
 
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("auto", *KNOWN_FAMILIES)
-READERS: tuple[ModuleType, ...] = (timm_hub, hf, clip, siglip, dinov2, beit, mae, mocov3, supervised)
+READERS: tuple[ModuleType, ...] = (
+    timm_hub, hf, clip, siglip, dinov2, beit, mae, mocov3, supervised, dinov3, eva02
+)
 
 __all__ = ["FAMILIES", "READERS", "Score", "detect_family", "read_checkpoint"]
 
@@ -133,6 +148,7 @@ def read_checkpoint(
     ckpt = reader.read(raw, model=model, num_heads=num_heads, family=fam)
     if ckpt.provenance.family != fam:
         raise CheckpointFormatError(f"{source}: holds a {ckpt.provenance.family} model, not {fam}")
+    record_input_norm(ckpt, raw)
     if hash_source:
         ckpt.provenance.sha256 = source_sha256(raw.path)
     why = evidence(raw, fam)

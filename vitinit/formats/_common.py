@@ -7,6 +7,7 @@ family modules; the common key algebra lives here, once.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -65,7 +66,7 @@ WHY_DROPPED = {
     "mask_token": "only used by masked-image-modeling pre-training",
     "decoder": "MAE decoder: only used in pre-training",
     "final_norm": "final norm: the detection backbone (as ViTDet) has none",
-    "registers": "DINOv2 register tokens: prefix tokens, which the detection backbone has none of",
+    "registers": "register tokens (DINOv2, DINOv3): prefix tokens, which the detection backbone has none of",
 }
 
 # Keys that are not part of a detection backbone, with the reason recorded in provenance.
@@ -85,6 +86,46 @@ DROP_RULES: list[tuple[str, str, str]] = [  # (regex, group shown to the user, r
 ]
 
 LazyMap = dict[str, LazyTensor]
+
+IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# The input normalisation a family documents for its pre-training: recorded when the file itself carries none
+# (a timm pretrained_cfg or a transformers preprocessor_config.json win). Families not listed (BEiT, the
+# supervised layouts, data2vec) vary by release: nothing is recorded, and the recipe decides.
+DOCUMENTED_INPUT_NORM: dict[str, tuple[tuple, tuple, str]] = {
+    "mae": (*IMAGENET_NORM, "MAE's ImageNet mean/std (facebookresearch/mae main_pretrain.py)"),
+    "mocov3": (*IMAGENET_NORM, "MoCo v3's ImageNet mean/std (facebookresearch/moco-v3 main_moco.py)"),
+    "dinov2": (*IMAGENET_NORM, "DINOv2's ImageNet mean/std (facebookresearch/dinov2 data/transforms.py)"),
+    "beitv2": (*IMAGENET_NORM, "BEiT v2's --imagenet_default_mean_and_std (beit2/PRETRAINING.md)"),
+}
+
+
+def config_input_norm(raw: RawCheckpoint) -> tuple | None:
+    """(mean, std, origin) a folder's own config gives: timm's ``pretrained_cfg`` in config.json, or a
+    transformers ``preprocessor_config.json`` beside it; None when it gives none."""
+    if raw.container == "timm-folder":
+        pre = (raw.config or {}).get("pretrained_cfg") or {}
+        mean, std = pre.get("mean"), pre.get("std")
+        return (tuple(mean), tuple(std), "timm pretrained_cfg in config.json") if mean and std else None
+    if raw.container == "hf-folder" and (raw.path / "preprocessor_config.json").is_file():
+        try:
+            cfg = json.loads((raw.path / "preprocessor_config.json").read_text())
+            return tuple(cfg["image_mean"]), tuple(cfg["image_std"]), "preprocessor_config.json"
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def record_input_norm(ckpt: Checkpoint, raw: RawCheckpoint) -> None:
+    """Fill ``ckpt.provenance.input_norm``: the folder's config, else what the reader found, else the
+    family's documented values (:data:`DOCUMENTED_INPUT_NORM`)."""
+    found = config_input_norm(raw)
+    if found is None and not ckpt.provenance.input_norm:
+        found = DOCUMENTED_INPUT_NORM.get(ckpt.provenance.family)
+    if found is not None:
+        try:
+            ckpt.provenance.set_input_norm(*found)
+        except (ValueError, TypeError):
+            raise CheckpointFormatError(f"{raw.path}: unreadable input mean/std {found[:2]}") from None
 
 
 

@@ -23,9 +23,14 @@ import logging
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import DISPLAY_NAMES
-from vitinit.formats._common import LazyMap, build_checkpoint, canonical_from_timm, record_dropped
+from vitinit.formats._common import (
+    LazyMap,
+    build_checkpoint,
+    canonical_from_timm,
+    config_input_norm,
+    record_dropped,
+)
 from vitinit.formats.hf import canonical_from_hf
-from vitinit.io.files import read_json
 from vitinit.io.load import RawCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -140,21 +145,15 @@ def timm_architecture(arch: str, model_args: dict) -> tuple[str, float, int] | N
 
 
 def input_norm(raw: RawCheckpoint, default: tuple[tuple, tuple], family: str) -> tuple[list, list, str]:
-    """(mean, std, where from) of the source's input normalisation: its own config when it has one."""
-    cfg = raw.config or {}
-    found: tuple | None = None
-    if raw.container == "timm-folder":
-        pre = cfg.get("pretrained_cfg") or {}
-        found = (pre.get("mean"), pre.get("std"), "config.json pretrained_cfg (timm)")
-    elif raw.container == "open_clip-folder":
-        pre = cfg.get("preprocess_cfg") or {}
-        found = (pre.get("mean"), pre.get("std"), "open_clip_config.json preprocess_cfg")
-    elif raw.container == "hf-folder" and (raw.path / "preprocessor_config.json").is_file():
-        path = raw.path / "preprocessor_config.json"
-        pre = read_json(path, error=CheckpointFormatError, what="transformers preprocessor config")
-        pre = pre if isinstance(pre, dict) else {}
-        found = (pre.get("image_mean"), pre.get("image_std"), "preprocessor_config.json (transformers)")
-    if found and _three(found[0]) and _three(found[1]):
+    """(mean, std, where from) of the source's input normalisation: its own config when it has one (timm's
+    ``pretrained_cfg``, transformers' ``preprocessor_config.json``, open_clip's ``preprocess_cfg``), else the
+    family's documented values."""
+    found = config_input_norm(raw)
+    if found is None and raw.container == "open_clip-folder":
+        pre = (raw.config or {}).get("preprocess_cfg") or {}
+        if _three(pre.get("mean")) and _three(pre.get("std")):
+            found = (pre["mean"], pre["std"], "open_clip_config.json preprocess_cfg")
+    if found is not None:
         return list(found[0]), list(found[1]), found[2]
     name = DISPLAY_NAMES.get(family, family)
     return list(default[0]), list(default[1]), f"{name}'s documented values (the source has no config)"

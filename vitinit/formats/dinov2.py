@@ -43,8 +43,8 @@ def _state_dict(raw: RawCheckpoint) -> dict:
 
 def _layout(sd: dict) -> tuple[str, str] | None:
     """(format, evidence) of a DINOv2 state dict, or None."""
-    if not is_timm_layout(sd) or "blocks.0.ls1.gamma" not in sd:
-        return None
+    if not is_timm_layout(sd) or "blocks.0.ls1.gamma" not in sd or "pos_embed" not in sd:
+        return None  # every DINOv2 layout has pos_embed; DINOv3's official files (same names) have RoPE
     mask = sd.get("mask_token")
     if "register_tokens" in sd:
         return "dinov2/official-reg", "register_tokens and ls1/ls2.gamma (DinoVisionTransformer, registers)"

@@ -16,6 +16,8 @@ import logging
 import vitinit.formats.beit as beit
 import vitinit.formats.clip as clip
 import vitinit.formats.dinov2 as dinov2
+import vitinit.formats.dinov3 as dinov3
+import vitinit.formats.eva02 as eva02
 import vitinit.formats.mae as mae
 import vitinit.formats.siglip as siglip
 import vitinit.formats.supervised as supervised
@@ -26,10 +28,10 @@ from vitinit.io.load import RawCheckpoint
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("supervised", "mae", "dinov2", "beit", "beitv2", "clip", "siglip")
+FAMILIES = ("supervised", "mae", "dinov2", "beit", "beitv2", "dinov3", "eva02", "clip", "siglip")
 _READERS = {
-    "supervised": supervised, "mae": mae, "dinov2": dinov2, "beit": beit, "beitv2": beit, "clip": clip,
-    "siglip": siglip,
+    "supervised": supervised, "mae": mae, "dinov2": dinov2, "beit": beit, "beitv2": beit, "dinov3": dinov3,
+    "eva02": eva02, "clip": clip, "siglip": siglip,
 }
 # Architectures whose weights are none of the supported families, whatever their keys look like.
 _REFUSED = ("eva", "dino_", "samvit", "flexivit", "naflex")
@@ -44,6 +46,10 @@ def family_of(architecture: str, tag: str) -> tuple[str | None, str]:
     seen = f"config.json architecture {architecture!r}" + (f", tag {tag!r}" if tag else "")
     if "dinov2" in architecture:
         return "dinov2", seen
+    if "dinov3" in architecture:
+        return "dinov3", seen
+    if architecture.startswith("eva02_") and "clip" not in architecture:
+        return "eva02", seen
     if architecture.startswith("beitv2_"):
         return "beitv2", seen
     if architecture.startswith("beit_"):
@@ -75,7 +81,8 @@ def score(raw: RawCheckpoint) -> Score:
     if family is None:
         raise CheckpointFormatError(
             f"{raw.path}: timm {why} is not a supported initialization (supported timm models: "
-            "vit_*/deit* (supervised, .mae), vit_*_dinov2, beit_*, beitv2_*, vit_*_clip_*, vit_*_siglip_*)"
+            "vit_*/deit* (supervised, .mae), vit_*_dinov2, vit_*_dinov3*, eva02_* (not CLIP), beit_*, "
+            "beitv2_*, vit_*_clip_*, vit_*_siglip_*)"
         )
     return Score(family, DECLARED, why)
 

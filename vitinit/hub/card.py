@@ -42,6 +42,23 @@ LICENSES: dict[str, tuple[str, str]] = {
     "siglip": (
         "apache-2.0", "google-research/big_vision LICENSE and the google/siglip* model cards: Apache 2.0"
     ),
+    "dinov3": (
+        "other",
+        "the DINOv3 License (facebookresearch/dinov3 LICENSE.md; timm's and transformers' ports say so), "
+        "Meta's own license, not an open-source one",
+    ),
+    "eva02": ("mit", "baaivision/EVA LICENSE: MIT"),
+}
+# Weights whose source is gated behind its own license: the card and `vitinit publish` say so, and the Hub
+# metadata names the license (license: other + license_name / license_link).
+GATED: dict[str, tuple[str, str, str]] = {  # family -> (license_name, license_link, what the user must know)
+    "dinov3": (
+        "dinov3-license",
+        "https://ai.meta.com/resources/models-and-libraries/dinov3-license/",
+        "DINOv3's weights are gated: they are downloaded only after accepting Meta's DINOv3 License, and "
+        "weights derived from them (this conversion) remain under it. Check its terms before publishing or "
+        "using them, and consider a gated or private repository.",
+    ),
 }
 METHODS: dict[str, str] = {
     "mae": "MAE (masked autoencoder, He et al. 2021), self-supervised",
@@ -58,6 +75,8 @@ METHODS: dict[str, str] = {
     "language-supervised",
     "siglip": "SigLIP / SigLIP 2 (sigmoid-loss image-text pre-training, Zhai et al. 2023; Tschannen et al. "
     "2025), vision tower; language-supervised",
+    "dinov3": "DINOv3 (self-distillation with Gram anchoring, Siméoni et al. 2025), self-supervised; RoPE",
+    "eva02": "EVA-02 (masked image modeling of EVA-CLIP features, Fang et al. 2023); RoPE, SwiGLU",
 }
 PAPER = "https://arxiv.org/abs/2111.11429"
 
@@ -233,6 +252,8 @@ def _body(info: VitdetFile, repo_id: str, license_id: str, license_note: str, ba
         "",
         f"`{license_id}`, the license of the source weights ({license_note}).",
         "",
+        *([f"**Gated source weights.** {GATED[info.family][2]} License: {GATED[info.family][1]}", ""]
+          if info.family in GATED else []),
         "## Citation",
         "",
         "```bibtex",
@@ -270,8 +291,11 @@ def model_card(info: VitdetFile, repo_id: str, *, base_model: str | None = None,
     if license and license != default_license:
         note = f"set by the publisher; the source's is {default_license}"
     base = base_model or base_model_of(info)
+    gated = GATED.get(info.family) if license_id == "other" else None
     data = ModelCardData(
         license=license_id,
+        license_name=gated[0] if gated else None,
+        license_link=gated[1] if gated else None,
         library_name="vitinit",
         tags=["vitinit", "vision-transformer", "vitdet", "object-detection", "instance-segmentation",
               "backbone", info.family],

@@ -51,6 +51,7 @@ class PublishResult:
     dry_run: bool
     url: str | None = None  # the repository, after a real upload
     commit_url: str | None = None
+    notice: str = ""  # what the publisher must know before sharing (e.g. a gated source license)
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -140,16 +141,19 @@ def publish(
             )
         token = _resolve_token(token)
     # Imported only now: the card needs the model config (torch, timm), and bad input should fail fast.
-    from vitinit.hub.card import WEIGHTS_NAME, hub_config, model_card, read_vitdet_info
+    from vitinit.hub.card import GATED, WEIGHTS_NAME, hub_config, model_card, read_vitdet_info
 
     info = read_vitdet_info(weights)
+    notice = GATED[info.family][2] if info.family in GATED else ""
+    if notice:
+        logger.warning("%s (%s)", notice, GATED[info.family][1])
 
     card = str(model_card(info, repo_id, base_model=base_model, license=license))
     config = hub_config(info)
     config_bytes = (json.dumps(config, indent=2) + "\n").encode()
     card_bytes = card.encode()
     result = PublishResult(
-        repo_id=repo_id, private=private, card=card, config=config, dry_run=dry_run,
+        repo_id=repo_id, private=private, card=card, config=config, dry_run=dry_run, notice=notice,
         files=[
             UploadFile(WEIGHTS_NAME, weights.stat().st_size, str(weights)),
             UploadFile("config.json", len(config_bytes), "generated"),

@@ -24,6 +24,13 @@ Newer initializations (not in the paper):
   README *recommends* ``*_pt1k_ft21k``, which is then fine-tuned with labels: not a self-supervised init).
 - data2vec-vision: released on the Hugging Face hub only, in the transformers layout
   (``facebook/data2vec-vision-{base,large}``, self-supervised, no fine-tuning): see :data:`HUB_ONLY`.
+- DINOv3 (facebookresearch/dinov3 README): the ``.pth`` files come from a download form with signed links
+  (no stable URL), so the entries are the README's transformers repositories
+  ``facebook/dinov3-vit{b,l}16-pretrain-lvd1689m`` (:data:`HUB_ONLY`), which are GATED behind Meta's DINOv3
+  License (accept it on the hub, then ``hf auth login``). ViT-B and ViT-L are distilled from ViT-7B.
+- EVA-02 (baaivision/EVA ``EVA-02/asuka/README.md``, MIM pre-trained): ``eva02_B_pt_in21k_p14.pt`` (IN-21K)
+  and ``eva02_L_pt_m38m_p14.pt`` (Merged-38M; the init of EVA-02's own COCO ViTDet-L), on the README's
+  hub repository ``Yuxin-CV/EVA-02``; no size or hash published.
 - CLIP: OpenAI's own hub repositories ``openai/clip-vit-base-patch16`` / ``-large-patch14`` (transformers
   ``CLIPModel``, QuickGELU as trained; the text tower is downloaded too and dropped). Not timm's
   ``timm/vit_base_patch16_clip_224.openai``: its config.json names ``vit_base_patch16_clip_224``, which timm
@@ -69,6 +76,7 @@ _DEIT = "facebookresearch/deit README_deit.md"
 _DEIT3 = "facebookresearch/deit README_revenge.md"
 _DINOV2 = "facebookresearch/dinov2 README.md"
 _BEIT2 = "microsoft/unilm beit2/README.md"
+_EVA02 = "baaivision/EVA EVA-02/asuka/README.md"
 _FB = "https://dl.fbaipublicfiles.com"
 # unilm.blob.core.windows.net is the README's host; timm and later unilm READMEs link the same files on
 # conversationhub.blob.core.windows.net/beit-share-public (a read-only container link, tried second).
@@ -115,6 +123,12 @@ def _beitv2(model: str, size_name: str) -> OfficialCheckpoint:
     )
 
 
+def _eva02(model: str, stem: str, note: str) -> OfficialCheckpoint:
+    filename = f"{stem}.pt"
+    url = f"https://huggingface.co/Yuxin-CV/EVA-02/resolve/main/eva02/pt/{filename}"
+    return OfficialCheckpoint("eva02", model, (url,), filename, _EVA02, note=note)
+
+
 def _mocov3(model: str, stem: str, note: str) -> OfficialCheckpoint:
     filename = f"{stem}.pth.tar"
     url = f"{_FB}/moco-v3/{stem}/{filename}"
@@ -149,6 +163,8 @@ OFFICIAL_CHECKPOINTS: dict[tuple[str, str], OfficialCheckpoint] = {
         _dinov2("vit-l", "l"),
         _beitv2("vit-b", "base"),
         _beitv2("vit-l", "large"),
+        _eva02("vit-b", "eva02_B_pt_in21k_p14", "MIM on ImageNet-21K, 224 px, patch 14"),
+        _eva02("vit-l", "eva02_L_pt_m38m_p14", "MIM on Merged-38M, 224 px, patch 14"),
     )
 }
 
@@ -162,6 +178,9 @@ WITH_REGISTERS: dict[tuple[str, str], OfficialCheckpoint] = {
 HUB_ONLY: dict[tuple[str, str], str] = {
     ("data2vec", "vit-b"): "facebook/data2vec-vision-base",
     ("data2vec", "vit-l"): "facebook/data2vec-vision-large",
+    # Gated: accept the DINOv3 License on the hub first (facebookresearch/dinov3 README).
+    ("dinov3", "vit-b"): "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    ("dinov3", "vit-l"): "facebook/dinov3-vitl16-pretrain-lvd1689m",
     ("clip", "vit-b"): "openai/clip-vit-base-patch16",
     ("clip", "vit-l"): "openai/clip-vit-large-patch14",
     ("siglip", "vit-b"): "google/siglip2-base-patch16-224",
@@ -173,6 +192,7 @@ NOT_RELEASED: dict[tuple[str, str], str] = {
     ("beit", "vit-h"): "BEiT released base and large only (microsoft/unilm beit/README.md)",
     ("beitv2", "vit-h"): "BEiT v2 released base and large only (microsoft/unilm beit2/README.md)",
     ("dinov2", "vit-h"): "DINOv2 released ViT-S/B/L/g only; ViT-g's SwiGLU MLP is not supported",
+    ("eva02", "vit-h"): "EVA-02 released Ti/S/B/L MIM checkpoints only (EVA-02/asuka/README.md)",
     **{key: f"released on the Hugging Face hub only: pass hf://{repo}" for key, repo in HUB_ONLY.items()},
 }
 

@@ -28,7 +28,7 @@ def inexpressible(spec) -> list[str]:
     no norm before its blocks); empty when it can."""
     why = []
     if spec.rope is not None:
-        why.append(f"{spec.rope.variant} RoPE")
+        why.append({"dinov3": "DINOv3", "eva": "EVA"}[spec.rope.variant] + " RoPE")
     if spec.mlp != "gelu":
         why.append({"swiglu": "a SwiGLU MLP"}.get(spec.mlp, f"a {spec.mlp} MLP (its Mlp is exact GELU)"))
     if spec.mlp_norm:
