@@ -1,8 +1,9 @@
 """Every supported source layout × (auto-detected?, max |diff| vs its source model): the table of issue 9.
 
 Builds each layout's tiny fixture with the real model code (the same builders and reference features as
-tests/test_formats.py and tests/test_formats_newer.py), reads it, and compares the converted DetectionViT
-with the source model on patch tokens at the pre-training resolution (every block global):
+tests/test_formats.py, tests/test_formats_newer.py and tests/test_formats_clip_siglip.py), reads it, and
+compares the converted DetectionViT with the source model on patch tokens at the pre-training resolution
+(every block global):
 
 - **default options** (lossless: per-block tables kept where the source has them, a zero absolute
   position embedding where the source has none, layer scale kept; what the tests assert, ≤ 1e-5);
@@ -28,7 +29,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 
 from fixtures import make_fixtures as mf  # noqa: E402
-from fixtures.layouts import NEWER  # noqa: E402
+from fixtures.layouts import IMAGE_TEXT, NEWER  # noqa: E402
 from fixtures.layouts_rope import ROPE  # noqa: E402
 from fixtures.reference import backbone_features, converted_backbone  # noqa: E402
 from test_formats import CASES  # noqa: E402
@@ -40,7 +41,7 @@ from vitinit.formats import read_checkpoint  # noqa: E402
 def rows():
     for name, (make, reference, file, family, fmt) in CASES.items():
         yield name, make, reference, file, family, fmt, not name.startswith("hf_"), "auto"
-    for name, c in {**NEWER, **ROPE}.items():
+    for name, c in {**NEWER, **ROPE, **IMAGE_TEXT}.items():
         yield name, c.make, c.reference, c.name, c.family, c.format, c.needs_heads, c.from_family or "auto"
 
 
@@ -74,7 +75,8 @@ def main() -> None:
         from_config = "config.json" if (root / file).is_dir() else "the weights"
         heads = "--num-heads (tiny custom width)" if needs_heads else from_config
         print(f"| {name} | {family} ({fmt}) | {auto} | {heads} | {default:.1e} | {paper:.1e} | {twice} |")
-    print(f"\n{len(CASES) + len(NEWER) + len(ROPE)} layouts in {time.perf_counter() - start:.0f} s")
+    count = len(CASES) + len(NEWER) + len(ROPE) + len(IMAGE_TEXT)
+    print(f"\n{count} layouts in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

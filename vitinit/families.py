@@ -10,7 +10,7 @@ from __future__ import annotations
 # The paper's five initializations (Li et al. 2021), in the order its tables use.
 PAPER_FAMILIES = ("random", "supervised", "mocov3", "beit", "mae")
 # Initializations added since, read and verified the same way.
-NEWER_FAMILIES = ("dinov2", "beitv2", "data2vec", "dinov3", "eva02")
+NEWER_FAMILIES = ("dinov2", "beitv2", "data2vec", "dinov3", "eva02", "clip", "siglip")
 # Every family with a reader (``random`` is drawn, not read).
 FAMILIES = PAPER_FAMILIES + NEWER_FAMILIES
 # Display names for tables, plots and model cards.
@@ -25,6 +25,8 @@ DISPLAY_NAMES = {
     "data2vec": "data2vec",
     "dinov3": "DINOv3",
     "eva02": "EVA-02",
+    "clip": "CLIP",
+    "siglip": "SigLIP",  # SigLIP and SigLIP 2: the same fixed-resolution tower
 }
 
 __all__ = ["DISPLAY_NAMES", "FAMILIES", "NEWER_FAMILIES", "PAPER_FAMILIES"]

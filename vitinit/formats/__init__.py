@@ -24,15 +24,30 @@ from types import ModuleType
 from vitinit.canonical import Checkpoint, validate
 from vitinit.errors import CheckpointFormatError
 from vitinit.families import FAMILIES as KNOWN_FAMILIES
-from vitinit.formats import beit, dinov2, dinov3, eva02, hf, mae, mocov3, random, supervised, timm_hub
+from vitinit.formats import (
+    beit,
+    clip,
+    dinov2,
+    dinov3,
+    eva02,
+    hf,
+    mae,
+    mocov3,
+    random,
+    siglip,
+    supervised,
+    timm_hub,
+)
 from vitinit.formats._common import DECLARED, Score, record_input_norm
-from vitinit.io.load import RawCheckpoint, open_checkpoint
+from vitinit.io.load import OPEN_CLIP_WEIGHT_FILE_NAMES, WEIGHT_FILE_NAMES, RawCheckpoint, open_checkpoint
 from vitinit.io.save import sha256_file
 
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("auto", *KNOWN_FAMILIES)
-READERS: tuple[ModuleType, ...] = (timm_hub, hf, dinov2, beit, mae, mocov3, supervised, dinov3, eva02)
+READERS: tuple[ModuleType, ...] = (
+    timm_hub, hf, clip, siglip, dinov2, beit, mae, mocov3, supervised, dinov3, eva02
+)
 
 __all__ = ["FAMILIES", "READERS", "Score", "detect_family", "read_checkpoint"]
 
@@ -147,10 +162,10 @@ def read_checkpoint(
 
 
 def source_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint file, or of the weights file of a transformers / timm folder."""
+    """sha256 of a checkpoint file, or of the weights file of a transformers / timm / open_clip folder."""
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
+        for name in (*WEIGHT_FILE_NAMES, *OPEN_CLIP_WEIGHT_FILE_NAMES):
             if (path / name).is_file():
                 return sha256_file(path / name)
     return sha256_file(path)

@@ -107,27 +107,40 @@ def score(raw: RawCheckpoint) -> Score:
     return Score(family, DECLARED, f"config.json model_type {model_type!r}")
 
 
-def _strip_root(key: str) -> str:
-    for root in _ROOTS:
+def _strip_root(key: str, roots: tuple[str, ...]) -> str:
+    for root in roots:
         if key.startswith(root):
             return key[len(root) :]
     return key
 
 
-def _canonical(sd: dict[str, LazyTensor], fmt: str) -> tuple[TensorMap, dict[str, str]]:
+def canonical_from_hf(
+    sd: dict[str, LazyTensor],
+    fmt: str,
+    *,
+    renames: list[tuple[str, str]] = _RENAMES,
+    drops: list[tuple[str, str, str]] = _DROPS,
+    roots: tuple[str, ...] = _ROOTS,
+) -> tuple[TensorMap, dict[str, str]]:
+    """(canonical tensors, dropped) of a transformers-style state dict under ``renames`` / ``drops``.
+
+    Keys are matched without their ``roots`` prefix. Blocks with separate ``q``/``k``/``v`` projections (the
+    renames' ``blocks.{i}.{q,k,v}.*``) are fused, rows q, k, v; a missing key bias (BEiT's) is zeros.
+    Unknown keys are an error. CLIP / SigLIP (:mod:`vitinit.formats.clip`) reuse it with their own tables.
+    """
     out: TensorMap = {}
     dropped: dict[str, str] = {}
     counts: dict[str, int] = {}
     unknown = []
     for key, t in sd.items():
-        name = _strip_root(key)
-        for pattern, target in _RENAMES:
+        name = _strip_root(key, roots)
+        for pattern, target in renames:
             m = re.fullmatch(pattern, name)
             if m:
                 out[target.format(*m.groups())] = t
                 break
         else:
-            why = drop_reason(name, _DROPS)
+            why = drop_reason(name, drops)
             if why is None:
                 unknown.append(key)
             else:
@@ -137,6 +150,8 @@ def _canonical(sd: dict[str, LazyTensor], fmt: str) -> tuple[TensorMap, dict[str
     blocks = sorted({int(k.split(".")[1]) for k in out if k.startswith("blocks.")})
     for i in blocks:
         p = f"blocks.{i}."
+        if p + "attn.qkv.weight" in out:  # stored fused (open_clip's in_proj)
+            continue
         if p + "q.weight" not in out:
             raise CheckpointFormatError(f"{fmt}: layer {i} has no query projection")
         out[p + "attn.qkv.weight"] = concat_rows([out.pop(p + x + ".weight") for x in "qkv"])
@@ -160,7 +175,7 @@ def read(
         )
     family, fmt = MODEL_TYPES[model_type]
     cfg = raw.config or {}
-    tensors, dropped = _canonical(dict(raw.tensors()), fmt)
+    tensors, dropped = canonical_from_hf(dict(raw.tensors()), fmt)
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     notes = [f"layer_norm_eps {eps:g} from config.json"]
     return build_checkpoint(

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 
 import vitinit.formats.beit as beit
+import vitinit.formats.clip as clip
 import vitinit.formats.dinov2 as dinov2
 import vitinit.formats.dinov3 as dinov3
 import vitinit.formats.eva02 as eva02
 import vitinit.formats.mae as mae
+import vitinit.formats.siglip as siglip
 import vitinit.formats.supervised as supervised
 from vitinit.canonical import Checkpoint
 from vitinit.errors import CheckpointFormatError
@@ -26,13 +28,13 @@ from vitinit.io.load import RawCheckpoint
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("supervised", "mae", "dinov2", "beit", "beitv2", "dinov3", "eva02")
+FAMILIES = ("supervised", "mae", "dinov2", "beit", "beitv2", "dinov3", "eva02", "clip", "siglip")
 _READERS = {
     "supervised": supervised, "mae": mae, "dinov2": dinov2, "beit": beit, "beitv2": beit, "dinov3": dinov3,
-    "eva02": eva02,
+    "eva02": eva02, "clip": clip, "siglip": siglip,
 }
 # Architectures whose weights are none of the supported families, whatever their keys look like.
-_REFUSED = ("clip", "siglip", "eva", "dino_", "samvit", "flexivit", "naflex")
+_REFUSED = ("eva", "dino_", "samvit", "flexivit", "naflex")
 
 
 def _config(raw: RawCheckpoint) -> dict:
@@ -54,6 +56,12 @@ def family_of(architecture: str, tag: str) -> tuple[str | None, str]:
         return "beit", seen
     if any(word in architecture for word in _REFUSED) or tag.startswith("dino"):
         return None, seen
+    if architecture.startswith("vit_") and "_siglip" in architecture:
+        return "siglip", seen
+    if architecture.startswith("vit_") and "_clip" in architecture:
+        return "clip", seen
+    if "clip" in architecture or "siglip" in architecture:  # e.g. timm's CLIP ConvNeXt / ResNet towers
+        return None, seen
     if architecture.startswith(("vit_", "deit")):
         return ("mae" if "mae" in tag else "supervised"), seen
     return None, seen
@@ -74,7 +82,7 @@ def score(raw: RawCheckpoint) -> Score:
         raise CheckpointFormatError(
             f"{raw.path}: timm {why} is not a supported initialization (supported timm models: "
             "vit_*/deit* (supervised, .mae), vit_*_dinov2, vit_*_dinov3*, eva02_* (not CLIP), beit_*, "
-            "beitv2_*)"
+            "beitv2_*, vit_*_clip_*, vit_*_siglip_*)"
         )
     return Score(family, DECLARED, why)
 

@@ -37,6 +37,11 @@ LICENSES: dict[str, tuple[str, str]] = {
         "other",
         "UNCONFIRMED: data2vec's code is MIT (facebookresearch/fairseq); its weights' license is unchecked",
     ),
+    # OpenAI's weights come with openai/CLIP's MIT license; open_clip's (mlfoundations/open_clip) are MIT too.
+    "clip": ("mit", "openai/CLIP and mlfoundations/open_clip LICENSE: MIT"),
+    "siglip": (
+        "apache-2.0", "google-research/big_vision LICENSE and the google/siglip* model cards: Apache 2.0"
+    ),
     "dinov3": (
         "other",
         "the DINOv3 License (facebookresearch/dinov3 LICENSE.md; timm's and transformers' ports say so), "
@@ -66,6 +71,10 @@ METHODS: dict[str, str] = {
     "self-supervised",
     "data2vec": "data2vec-vision (masked prediction of contextualized targets, Baevski et al. 2022), "
     "self-supervised",
+    "clip": "CLIP (contrastive image-text pre-training, Radford et al. 2021), vision tower; "
+    "language-supervised",
+    "siglip": "SigLIP / SigLIP 2 (sigmoid-loss image-text pre-training, Zhai et al. 2023; Tschannen et al. "
+    "2025), vision tower; language-supervised",
     "dinov3": "DINOv3 (self-distillation with Gram anchoring, Siméoni et al. 2025), self-supervised; RoPE",
     "eva02": "EVA-02 (masked image modeling of EVA-CLIP features, Fang et al. 2023); RoPE, SwiGLU",
 }

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 SAFE_EXTRA_GLOBALS: list[Any] = [argparse.Namespace]
 
 WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+# open_clip's hub folder (open_clip.constants): its config and weights names.
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @dataclass
@@ -55,8 +58,9 @@ class RawCheckpoint:
 
     path: Path
     tree: dict[str, Any]
-    container: str  # "torch-zip", "torch-legacy", "safetensors", "hf-folder", "timm-folder"
-    config: dict | None = None  # config.json of a Hugging Face (transformers or timm) folder
+    # "torch-zip", "torch-legacy", "safetensors", "hf-folder", "timm-folder", "open_clip-folder"
+    container: str
+    config: dict | None = None  # a folder's config.json (transformers, timm) or open_clip_config.json
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors header metadata
 
     def tensors(self, prefix: str = "") -> dict[str, LazyTensor]:
@@ -109,7 +113,10 @@ def open_checkpoint(path: str | Path) -> RawCheckpoint:
 
 def _open_hf_folder(path: Path) -> RawCheckpoint:
     """A transformers folder ("hf-folder") or a timm one ("timm-folder": its config.json names an
-    ``architecture`` and has no ``model_type``); ``config`` carries the config.json to the readers."""
+    ``architecture`` and has no ``model_type``); ``config`` carries the config.json to the readers.
+    A folder with open_clip's ``open_clip_config.json`` and no config.json is an "open_clip-folder"."""
+    if not (path / "config.json").is_file() and (path / OPEN_CLIP_CONFIG).is_file():
+        return _open_open_clip_folder(path)
     if not (path / "config.json").is_file():
         raise CheckpointFormatError(f"{path}: a folder source must hold a Hugging Face config.json")
     config = read_json(path / "config.json", error=CheckpointFormatError, what="Hugging Face config")
@@ -122,6 +129,19 @@ def _open_hf_folder(path: Path) -> RawCheckpoint:
             kind = "timm-folder" if timm else "hf-folder"
             return RawCheckpoint(path, inner.tree, kind, config=config, metadata=inner.metadata)
     raise CheckpointFormatError(f"{path}: no {' or '.join(WEIGHT_FILE_NAMES)} beside config.json")
+
+
+def _open_open_clip_folder(path: Path) -> RawCheckpoint:
+    """open_clip's hub folder (``save_for_hf``): ``open_clip_config.json`` + its weights file."""
+    config = read_json(path / OPEN_CLIP_CONFIG, error=CheckpointFormatError, what="open_clip config")
+    if not isinstance(config, dict):
+        raise CheckpointFormatError(f"{path}: {OPEN_CLIP_CONFIG} is not a JSON object")
+    for name in OPEN_CLIP_WEIGHT_FILE_NAMES:
+        if (path / name).is_file():
+            inner = open_checkpoint(path / name)
+            return RawCheckpoint(path, inner.tree, "open_clip-folder", config=config, metadata=inner.metadata)
+    names = " or ".join(OPEN_CLIP_WEIGHT_FILE_NAMES)
+    raise CheckpointFormatError(f"{path}: no {names} beside {OPEN_CLIP_CONFIG}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -31,6 +31,13 @@ Newer initializations (not in the paper):
 - EVA-02 (baaivision/EVA ``EVA-02/asuka/README.md``, MIM pre-trained): ``eva02_B_pt_in21k_p14.pt`` (IN-21K)
   and ``eva02_L_pt_m38m_p14.pt`` (Merged-38M; the init of EVA-02's own COCO ViTDet-L), on the README's
   hub repository ``Yuxin-CV/EVA-02``; no size or hash published.
+- CLIP: OpenAI's own hub repositories ``openai/clip-vit-base-patch16`` / ``-large-patch14`` (transformers
+  ``CLIPModel``, QuickGELU as trained; the text tower is downloaded too and dropped). Not timm's
+  ``timm/vit_base_patch16_clip_224.openai``: its config.json names ``vit_base_patch16_clip_224``, which timm
+  computes with exact GELU (timm's ``*_clip_quickgelu_*`` architecture is the faithful one).
+- SigLIP 2: Google's ``google/siglip2-base-patch16-224`` (transformers ``SiglipModel``: the fixed-resolution
+  tower, tanh-GELU as big_vision trained it), rather than timm's ``vit_base_patch16_siglip_224.v2_webli``
+  (exact GELU). Both are hub-only (:data:`HUB_ONLY`).
 """
 
 from __future__ import annotations
@@ -174,6 +181,9 @@ HUB_ONLY: dict[tuple[str, str], str] = {
     # Gated: accept the DINOv3 License on the hub first (facebookresearch/dinov3 README).
     ("dinov3", "vit-b"): "facebook/dinov3-vitb16-pretrain-lvd1689m",
     ("dinov3", "vit-l"): "facebook/dinov3-vitl16-pretrain-lvd1689m",
+    ("clip", "vit-b"): "openai/clip-vit-base-patch16",
+    ("clip", "vit-l"): "openai/clip-vit-large-patch14",
+    ("siglip", "vit-b"): "google/siglip2-base-patch16-224",
 }
 
 NOT_RELEASED: dict[tuple[str, str], str] = {
