@@ -213,7 +213,10 @@ def summarize(provenance: dict) -> list[str]:
     lines = [f"read {provenance['format']} ({provenance['family']})"]
     lines += [f"dropped {k}: {why}" for k, why in provenance.get("dropped", {}).items()]
     norm = provenance.get("normalization", {})
-    for key in ("abs_pos", "rel_pos", "rel_pos_rule", "layer_scale"):
+    for key in ("abs_pos", "rel_pos", "rel_pos_rule", "rope", "layer_scale"):
         if key in norm:
             lines.append(f"{key.replace('_', ' ')}: {norm[key]}")
+    if provenance.get("input_norm"):
+        n = provenance["input_norm"]
+        lines.append(f"input mean/std recorded: {n['mean']} / {n['std']} ({n['from']})")
     return lines
