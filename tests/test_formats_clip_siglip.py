@@ -120,3 +120,33 @@ def test_timm_openai_clip_under_a_gelu_architecture_says_so(made):
     ckpt = _read("clip_timm_gelu", path)
     assert type(source.blocks[0].mlp.act).__name__ == "GELU" and ckpt.spec.mlp == "gelu"
     assert any("OpenAI trained these weights with QuickGELU" in n for n in ckpt.provenance.notes)
+
+
+@pytest.mark.parametrize(("name", "why"), [("clip_hf_full", "ln_pre"), ("siglip_hf_vision", "gelu_tanh")])
+def test_detectron2_target_refuses_the_towers_in_one_line(made, name, why):
+    """Upstream ViTDet's ViT has exact GELU and no ln_pre: a CLIP / SigLIP file there would compute else."""
+    from vitinit.errors import SpecMismatchError
+    from vitinit.normalize.options import NormalizeOptions
+    from vitinit.targets import detectron2 as d2_target
+
+    with pytest.raises(SpecMismatchError) as e:
+        d2_target.normalize(_read(name, made[name][0]), NormalizeOptions())
+    assert "\n" not in str(e.value) and why in str(e.value) and "--to vitdet" in str(e.value)
+
+
+def test_recorded_normalisation_reaches_inspect_and_the_recipes(made):
+    """open_clip's preprocess_cfg is shown by ``inspect``; clip-vitb / siglip2-vitb leave pixel_mean/std null,
+    so the bench normalises with what the weights recorded."""
+    from typer.testing import CliRunner
+    from vitinit.recipes.check import parse_recipe
+    from vitinit_cli.main import app
+
+    from vitinit.bench import resolve
+
+    path, _ = made["clip_open_clip_folder"]
+    out = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"}).output
+    assert "input normalisation: mean [0.48145466" in out and "open_clip_config.json preprocess_cfg" in out
+    for recipe, name in (("clip-vitb", "clip_hf_full"), ("siglip2-vitb", "siglip_hf_vision")):
+        recorded = _read(name, made[name][0]).provenance.input_norm
+        mean, std, which = parse_recipe(resolve(recipe)).input_norm(recorded)
+        assert (mean, std) == (tuple(recorded["mean"]), tuple(recorded["std"])) and "weights'" in which
