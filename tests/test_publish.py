@@ -262,3 +262,12 @@ def test_cli_dry_run_and_bad_input(tmp_path, hf_env):
         assert res.exit_code == 1, res.output
         assert res.output.strip().startswith("error:") and len(res.output.strip().splitlines()) == 1
     assert hf_env.hub["requests"] == []
+
+
+def test_gated_source_license_is_named_in_card_and_publish(tmp_path):
+    """DINOv3's weights are gated behind Meta's DINOv3 License: the card's metadata names it, its text and
+    `vitinit publish` say so."""
+    weights = write_vitdet(tmp_path / "w.safetensors", family="dinov3")
+    result = publish(weights, "me/x", dry_run=True)
+    assert "license: other\n" in result.card and "license_name: dinov3-license" in result.card
+    assert "Gated source weights" in result.card and "DINOv3 License" in result.notice

@@ -18,6 +18,7 @@ from vitinit.errors import CheckpointFormatError
 from vitinit.io.registry import OFFICIAL_CHECKPOINTS
 from vitinit.io.save import sha256_file
 from vitinit.modeling.vit import ViTBackboneConfig
+from vitinit.normalize.detectron2 import inexpressible
 from vitinit.targets.vitdet import parse_vitdet_metadata
 from vitinit.variants import infer_variant
 
@@ -171,6 +172,28 @@ def _detectron2_command(info: VitdetFile, source: str) -> str:
             f"--window-size {cfg.window_size} -o vitdet_d2.pth")
 
 
+def _detectron2_section(info: VitdetFile, source: str) -> list[str]:
+    """How to get these weights into upstream ViTDet, or why they cannot go there (RoPE, SwiGLU, ln_pre)."""
+    missing = inexpressible(info.config)
+    if missing:
+        return [
+            f"Not possible: upstream ViTDet's ViT has no {', '.join(missing)}, so `--to detectron2` refuses "
+            "this source; use this backbone (above) instead."
+        ]
+    return [
+        "detectron2's ViT keeps its own layout (decomposed relative positions, pos embed at the pre-training "
+        "grid), so convert the same source checkpoint for it:",
+        "",
+        "```bash",
+        _detectron2_command(info, source),
+        "```",
+        "",
+        "then set `train.init_checkpoint = \"vitdet_d2.pth\"` in a ViTDet LazyConfig "
+        "(e.g. `projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py`). BEiT's relative-position tables "
+        "have no counterpart there: add `--drop-rel-pos` for BEiT.",
+    ]
+
+
 def _body(info: VitdetFile, repo_id: str, license_id: str, license_note: str, base_model: str | None) -> str:
     cfg = info.config
     prov = info.provenance
@@ -237,16 +260,7 @@ def _body(info: VitdetFile, repo_id: str, license_id: str, license_note: str, ba
         "",
         "## Use with detectron2 (ViTDet)",
         "",
-        "detectron2's ViT keeps its own layout (decomposed relative positions, pos embed at the pre-training "
-        "grid), so convert the same source checkpoint for it:",
-        "",
-        "```bash",
-        _detectron2_command(info, source),
-        "```",
-        "",
-        "then set `train.init_checkpoint = \"vitdet_d2.pth\"` in a ViTDet LazyConfig "
-        "(e.g. `projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py`). BEiT's relative-position tables "
-        "have no counterpart there: add `--drop-rel-pos` for BEiT.",
+        *_detectron2_section(info, source),
         "",
         "## License",
         "",

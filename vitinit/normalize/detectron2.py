@@ -24,8 +24,8 @@ PREFIX = "backbone.net."
 
 
 def inexpressible(spec) -> list[str]:
-    """What of ``spec`` detectron2's ViT cannot compute (it has learned absolute positions, a GELU MLP and
-    no norm before its blocks); empty when it can."""
+    """What of ``spec`` (a ``ViTSpec`` or a ``ViTBackboneConfig``: same field names) detectron2's ViT cannot
+    compute (it has learned absolute positions, a GELU MLP and no norm before its blocks); empty if none."""
     why = []
     if spec.rope is not None:
         why.append({"dinov3": "DINOv3", "eva": "EVA"}[spec.rope.variant] + " RoPE")
