@@ -23,7 +23,7 @@ def bench(
         None, help="Dotted overrides, e.g. optim.lr=1e-4 train.batch_size=16."
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the resolved recipe, the weights' source and the batch plan on --gpus; run nothing."
+        False, "--dry-run", help="Print the resolved recipe, weights and batch plan on --gpus; run nothing."
     ),
     gpus: int = typer.Option(
         1,

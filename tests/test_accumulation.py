@@ -232,8 +232,9 @@ def test_grad_compression_option_is_checked():
 
 def test_memory_per_image_follows_the_model_size():
     """ViTDet's published per-image memory for each size (not ViT-B's for all) picks the micro-batch."""
-    from vitinit.bench.plan import batch_plan, memory_per_image
     from vitinit.recipes import load_recipe, to_plain
+
+    from vitinit.bench.plan import batch_plan, memory_per_image
 
     assert bytes_per_image("vit-b")[0] == int(10.9e9)
     assert bytes_per_image("vit-l")[0] == int(20.9e9)

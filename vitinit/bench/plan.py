@@ -20,7 +20,7 @@ def memory_per_image(recipe: dict) -> tuple[int, str]:
 
 
 def batch_plan(recipe: dict, world_size: int, gpu_memory: int | None) -> tuple[int, int]:
-    """``(images_per_gpu, accumulation_steps)`` for ``recipe`` on ``world_size`` GPUs of ``gpu_memory`` bytes."""
+    """``(images_per_gpu, accumulation_steps)``: ``recipe`` on ``world_size`` GPUs of ``gpu_memory`` bytes."""
     t = recipe["train"]
     per_image, _ = memory_per_image(recipe)
     return accumulation_plan(t["batch_size"], world_size, t.get("images_per_gpu"), gpu_memory,

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from vitinit.errors import ConfigError
 
-# Training memory per image by model size, from detectron2's published ViTDet table (projects/ViTDet/README.md,
-# COCO Mask R-CNN, 1024 px, fp16 AMP, 1 image per A100): ViT-B 10.9 GB, ViT-L 20.9 GB, ViT-H 31.5 GB (its
-# 75-epoch row; ViTDet's ViT-H has patch 16, 64×64 tokens: at patch 14 vitinit's ViT-H has 1.3× the tokens,
-# so its figure is UNCONFIRMED there). Each is used as the whole per-image cost, fixed part included, so the
-# choice stays on the safe side; never reported as a measurement.
+# Training memory per image by model size, from detectron2's published ViTDet table
+# (projects/ViTDet/README.md, COCO Mask R-CNN, 1024 px, fp16 AMP, 1 image per A100): ViT-B 10.9 GB, ViT-L
+# 20.9 GB, ViT-H 31.5 GB (its 75-epoch row; ViTDet's ViT-H has patch 16, 64×64 tokens: at patch 14
+# vitinit's ViT-H has 1.3× the tokens, so its figure is UNCONFIRMED there). Each is used as the whole
+# per-image cost, fixed part included, so the choice stays on the safe side; never reported as a measurement.
 GB = 10**9
 BYTES_PER_IMAGE = {"vit-b": int(10.9 * GB), "vit-l": int(20.9 * GB), "vit-h": int(31.5 * GB)}
 VITB_BYTES_PER_IMAGE = BYTES_PER_IMAGE["vit-b"]
@@ -57,7 +57,7 @@ def accumulation_plan(
 
     ``images_per_gpu`` given: it must divide the per-process share. ``None``: the largest divisor of the share
     that fits ``gpu_memory`` bytes (``bytes_per_image`` each), or :data:`DEFAULT_IMAGES_PER_GPU` (or 1) when
-    the memory is unknown (CPU, or not asked). ``bytes_per_image``: the model size's (:func:`bytes_per_image`).
+    the memory is unknown (CPU, or not asked). ``bytes_per_image``: the model's (:func:`bytes_per_image`).
 
     Example:
         >>> accumulation_plan(64, 8, gpu_memory=80 * 2**30)  # 8 × 80 GB: 4 images per GPU, 2 steps
@@ -109,6 +109,8 @@ def describe_plan(
         why = f"GPU memory unknown, default {DEFAULT_IMAGES_PER_GPU} images"
     else:
         fit = int(gpu_memory * MEMORY_HEADROOM // bytes_per_image)
-        fits = f"fits {fit} image{'s' if fit > 1 else ''}" if fit else "fits no image: 1, may run out of memory"
+        fits = (
+            f"fits {fit} image{'s' if fit > 1 else ''}" if fit else "fits no image: 1, may run out of memory"
+        )
         why = f"{gpu_memory / GB:.0f} GB {fits} ({source}, {MEMORY_HEADROOM:.0%} usable)"
     return f"{head}: {why}; {ipg} divides {share}"
