@@ -219,6 +219,10 @@ class Eval:
     max_images: int | None = knob("evaluate on the first N val images only; null = all", min=1)
     batch_size: int = knob("images per process per forward", min=1)
     num_workers: int = knob("evaluation data-loader processes", min=0)
+    amp: str = knob(
+        "autocast in evaluation: none (float32, as detectron2's do_test) or bf16 (faster, scores move)",
+        choices=("none", "bf16"),
+    )
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,8 @@ def run_evaluation(
     inference_on_dataset(
         model, dataset, evaluator, device=device, collate_fn=collate,
         indices=range(min(len(dataset), e["max_images"] or len(dataset))),
-        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0), amp=_amp(recipe, device),
+        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0),
+        amp=None if e.get("amp", "none") == "none" else e["amp"],  # float32 unless eval.amp asks
     )
     if du.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
