@@ -61,7 +61,7 @@ def test_boxes_empty_after_rescaling_are_dropped():
     their scores, labels and masks."""
     model = build_mask_rcnn(tiny_config()).eval()
     result = [{
-        "boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [300.0, 20.0, 320.0, 40.0], [30.0, 30.0, 30.0, 31.0]]),
+        "boxes": torch.tensor([[10.0, 10, 50, 60], [300.0, 20, 320, 40], [30.0, 30, 30, 31]]),
         "scores": torch.tensor([0.9, 0.8, 0.7]),
         "labels": torch.tensor([1, 2, 3]),
         "masks": torch.ones(3, 1, 28, 28),

@@ -77,8 +77,9 @@ def test_batched_inference_matches_one_image_at_a_time(model, val):
 def test_evaluation_runs_in_float32_unless_eval_amp_asks(model, val, tmp_path, monkeypatch):
     """detectron2 evaluates in fp32 (its do_test has no autocast): the training autocast must not leak into
     evaluation; eval.amp=bf16 is the explicit opt-in, and it does move the scores."""
-    from vitinit.bench import run_evaluation
     from vitinit.recipes import load_recipe, to_plain
+
+    from vitinit.bench import run_evaluation
 
     seen = []
     heads = model.roi_heads.box_predictor

@@ -51,7 +51,8 @@ class SquarePadTransform(GeneralizedRCNNTransform):
         labels and masks (a box under a pixel wide at 1024 px can round to nothing at the original size)."""
         if self.training:
             return result
-        for i, (pred, size, original) in enumerate(zip(result, image_shapes, original_image_sizes, strict=True)):
+        sizes = zip(image_shapes, original_image_sizes, strict=True)
+        for i, (pred, (size, original)) in enumerate(zip(result, sizes, strict=True)):
             boxes = clip_boxes_to_image(resize_boxes(pred["boxes"], size, original), original)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             pred = result[i] = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in pred.items()}
