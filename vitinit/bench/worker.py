@@ -142,7 +142,8 @@ def _train(
 
     o, s, t = recipe["optim"], recipe["schedule"], recipe["train"]
     optimizer = build_optimizer(
-        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"]
+        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"],
+        optimizer=o.get("optimizer", "adamw"), momentum=o.get("momentum", 0.9),
     )
     ddp_model = model
     if world > 1:
