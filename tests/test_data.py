@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
 from vitinit.data.synthetic import CATEGORIES, COCO_SIZES, SyntheticSpec, synthetic_coco
@@ -21,6 +23,7 @@ from vitinit.data.transforms import (
     RecomputeBoxes,
     ScaleJitter,
     lsj_transform,
+    polygon_box_in_window,
     test_transform,
 )
 from vitinit.errors import ConfigError, DatasetError
@@ -345,3 +348,50 @@ def test_evaluation_datasets_skip_target_decoding(splits):
     )
     image, target = ds[0]
     assert target == {"image_id": ds.ids[0]} and image.dtype == torch.float32
+
+
+def test_lsj_boxes_match_detectron2s_recompute_boxes():
+    """Side by side with detectron2's transforms (resize, crop, flip: apply_polygons, the crop through
+    shapely) and PolygonMasks.get_bounding_boxes, on star-shaped polygons the crop cuts."""
+    pytest.importorskip("shapely")
+    from _detectron2 import import_detectron2
+
+    T = import_detectron2("detectron2.data.transforms")
+    from detectron2.structures import PolygonMasks
+
+    gen = torch.Generator().manual_seed(0)
+    hw, new_hw, (top, left, ch, cw) = (60, 80), (90, 120), (20, 30, 50, 60)
+    stars = []
+    for _ in range(12):
+        centre = torch.rand(2, generator=gen) * torch.tensor([80.0, 60.0])
+        angles = torch.linspace(0, 2 * torch.pi, 11)[:-1]
+        radius = (5 + 25 * torch.rand(10, generator=gen)) * (1 + (torch.arange(10) % 2))
+        stars.append(centre + radius[:, None] * torch.stack([angles.cos(), angles.sin()], 1))
+    ref = T.TransformList([T.ResizeTransform(*hw, *new_hw), T.CropTransform(left, top, cw, ch),
+                           T.HFlipTransform(cw)])
+    moved = [[p.reshape(-1) for p in ref.apply_polygons([s.double().numpy()])] for s in stars]
+    want = PolygonMasks(moved).get_bounding_boxes()
+
+    polygons = Polygons(torch.cat(stars), canvas_size=hw)
+    polygons = F.horizontal_flip(F.crop(F.resize(polygons, list(new_hw)), top, left, ch, cw))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(12, 4), format="XYXY", canvas_size=(ch, cw)),
+              "masks": tv_tensors.Mask(torch.zeros(12, ch, cw, dtype=torch.uint8)),
+              "labels": torch.ones(12, dtype=torch.int64), "polygons": polygons,
+              "polygon_instance": torch.arange(12).repeat_interleave(10),
+              "polygon_part": torch.zeros(120, dtype=torch.int64)}
+    got = RecomputeBoxes()(None, target)[1]["boxes"].as_subclass(torch.Tensor)
+    inside = torch.isfinite(want.tensor).all(1) & (want.tensor[:, 2] > want.tensor[:, 0])
+    assert inside.sum() >= 6  # most stars reach into the crop; some are cut
+    torch.testing.assert_close(got[inside], want.tensor[inside], rtol=0, atol=1e-3)
+    assert (got[~inside] == 0).all()
+
+
+def test_polygon_box_in_window_is_exact_for_concave_polygons():
+    # A C-shape whose spine lies left of the window: only its lower arm reaches in (x 0..10, y 10..20).
+    # Clipping side by side (Sutherland–Hodgman) would join the arms along x = 0 and report y from 0.
+    c = np.array([[-10, -10], [10, -10], [10, -2], [-5, -2], [-5, 10], [10, 10], [10, 20], [-10, 20]], float)
+    np.testing.assert_allclose(polygon_box_in_window(c, 30, 30), [0, 10, 10, 20])
+    # A window corner inside the polygon bounds the box; a polygon that misses the window gives None.
+    square = np.array([[-5, -5], [5, -5], [5, 5], [-5, 5]], float)
+    np.testing.assert_allclose(polygon_box_in_window(square, 30, 30), [0, 0, 5, 5])
+    assert polygon_box_in_window(square + 50, 30, 30) is None

@@ -101,23 +101,42 @@ def _flip_polygons(inpt: Polygons) -> Polygons:
     return tv_tensors.wrap(out, like=inpt)
 
 
-def clip_polygon(points: np.ndarray, width: float, height: float) -> np.ndarray:
-    """The polygon ``points`` (K, 2) clipped to [0, width] × [0, height] (Sutherland–Hodgman, exact for a
-    rectangular window and any simple or self-touching polygon); (0, 2) when nothing is left."""
-    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
-        if len(points) == 0:
-            break
-        inside = points[:, axis] <= bound if keep_below else points[:, axis] >= bound
-        out = []
-        for i in range(len(points)):
-            p, q = points[i - 1], points[i]  # the edge p → q
-            if inside[i] != inside[i - 1]:
-                t = (bound - p[axis]) / (q[axis] - p[axis])
-                out.append(p + t * (q - p))
-            if inside[i]:
-                out.append(q)
-        points = np.asarray(out, dtype=np.float64).reshape(-1, 2)
-    return points
+def polygon_box_in_window(points: np.ndarray, width: float, height: float) -> np.ndarray | None:
+    """The tight box [x0, y0, x1, y1] of polygon ``points`` (K, 2) ∩ the window [0, width] × [0, height], or
+    None when they do not meet.
+
+    Exact for any simple polygon, convex or not: the intersection's extreme points are among the polygon's
+    vertices inside the window, the crossings of its edges with the window's sides, and the window's corners
+    inside the polygon (Sutherland–Hodgman clipping would add points along the sides between two lobes of a
+    concave polygon). The same box as detectron2's crop through shapely, then ``PolygonMasks`` boxes.
+    """
+    x, y = points[:, 0], points[:, 1]
+    found = [points[(x >= 0) & (x <= width) & (y >= 0) & (y <= height)]]
+    p, q = points, np.roll(points, -1, axis=0)  # edges p → q
+    for axis, bound, span in ((0, 0.0, height), (0, width, height), (1, 0.0, width), (1, height, width)):
+        d = q[:, axis] - p[:, axis]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (bound - p[:, axis]) / d
+        hit = (d != 0) & (t >= 0) & (t <= 1)
+        other = p[hit, 1 - axis] + t[hit] * (q[hit, 1 - axis] - p[hit, 1 - axis])
+        other = other[(other >= 0) & (other <= span)]
+        cross = np.empty((len(other), 2))
+        cross[:, axis], cross[:, 1 - axis] = bound, other
+        found.append(cross)
+    corners = np.array([[0.0, 0.0], [width, 0.0], [0.0, height], [width, height]])
+    found.append(corners[_inside(corners, points)])
+    pts = np.concatenate(found)
+    return np.array([*pts.min(0), *pts.max(0)]) if len(pts) else None
+
+
+def _inside(queries: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd rule: whether each query point lies inside ``polygon`` (ray casting towards +x)."""
+    p, q = polygon[None], np.roll(polygon, -1, axis=0)[None]
+    qx, qy = queries[:, None, 0], queries[:, None, 1]
+    straddles = (p[..., 1] > qy) != (q[..., 1] > qy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = p[..., 0] + (qy - p[..., 1]) * (q[..., 0] - p[..., 0]) / (q[..., 1] - p[..., 1])
+    return (straddles & (qx < x_at)).sum(1) % 2 == 1
 
 
 class RecomputeBoxes:
@@ -140,11 +159,12 @@ class RecomputeBoxes:
         if polygons is not None and len(polygons):
             vertices = polygons.as_subclass(torch.Tensor).double().numpy()
             ids = instance.numpy()
+            parts = part.numpy()
             for i in np.unique(ids):
-                pieces = [clip_polygon(vertices[(ids == i) & (part.numpy() == k)], w, h)
-                          for k in np.unique(part.numpy()[ids == i])]
-                pts = np.concatenate(pieces) if pieces else np.zeros((0, 2))
-                box = [*pts.min(0), *pts.max(0)] if len(pts) else [0.0] * 4
+                boxes_i = [polygon_box_in_window(vertices[(ids == i) & (parts == k)], w, h)
+                           for k in np.unique(parts[ids == i])]
+                boxes_i = [b for b in boxes_i if b is not None]
+                box = [*np.min(boxes_i, 0)[:2], *np.max(boxes_i, 0)[2:]] if boxes_i else [0.0] * 4
                 xyxy[int(i)] = torch.tensor(box, dtype=xyxy.dtype)
         return image, {**target, "boxes": tv_tensors.wrap(xyxy, like=boxes)}
 
