@@ -72,6 +72,14 @@ def test_boxes_empty_after_rescaling_are_dropped():
     assert out["masks"].shape == (1, 1, 128, 128)
 
 
+def test_no_proposals_give_no_detections():
+    """An image without proposals (an RPN that found nothing) yields empty detections, not a crash."""
+    model = build_mask_rcnn(tiny_config()).eval()
+    maps = [torch.zeros(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    out = model.roi_heads.inference(maps, [torch.zeros(0, 4)], [(64, 64)])[0]
+    assert out["boxes"].shape == (0, 4) and out["masks"].shape[0] == 0
+
+
 def test_non_finite_rpn_proposals_raise_in_training_only():
     model = build_mask_rcnn(tiny_config())
     rpn = model.rpn
