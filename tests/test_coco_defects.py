@@ -4,9 +4,11 @@ and counted in one log line, next to a clean file that logs nothing; a file with
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,8 @@ from vitinit.data.coco import CocoDetection
 from vitinit.data.coco_checks import CocoCleanup
 from vitinit.data.synthetic import SyntheticSpec, synthetic_coco
 from vitinit.data.transforms import lsj_transform
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +126,10 @@ def test_a_file_with_every_defect_trains_to_the_end_with_the_counts_logged(clean
     assert lines[0].startswith("train.json: 2 polygon(s) with < 6 or an odd number of coordinates dropped, ")
     print("\n" + lines[0])
     assert results["final"]["segm"]["AP"] is not None  # the evaluator read the val file's defects too
+    # benchmarks/eval_precision.py on this run: float32 (the default) and bf16 evaluation side by side.
+    spec = importlib.util.spec_from_file_location("eval_precision", BENCHMARKS / "eval_precision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main([str(tmp_path / "run")])
+    assert [r[0] for r in rows] == ["eval precision", "float32 (default)", "bf16 autocast"]
+    assert rows[1][1] == f"{results['final']['bbox']['AP']:.2f}" and rows[1][4] == "0.00e+00"
