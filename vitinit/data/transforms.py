@@ -143,8 +143,8 @@ class RecomputeBoxes:
     """Each instance's box from its transformed segmentation, as detectron2's LSJ configs do
     (``recompute_boxes = True``): the tight box of its polygons clipped to the crop (``PolygonMasks``), or,
     for an instance given as RLE, of its transformed bitmap (``BitMasks.get_bounding_boxes``: x2 = last
-    column + 1). An instance the crop removed gets an empty box, which ``SanitizeBoundingBoxes`` then drops
-    with its mask and label; the polygon entries leave the target here.
+    column + 1). An instance the crop removed gets an empty box, which :class:`FilterEmptyInstances` then
+    drops with its mask and label; the polygon entries leave the target here.
     """
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
