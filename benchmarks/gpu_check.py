@@ -13,7 +13,10 @@ Rows:
    ratio beside (``projects/ViTDet/README.md``: ViT-B 0.314 s/iter and 10.9 GB per A100 at 1 image per GPU;
    ViT-L 0.603 s, 20.9 GB; detectron2's ``max_mem`` is ``torch.cuda.max_memory_allocated`` / 1024², so
    its GB are compared as GiB).
-3. Evaluation: images/s of the eval-mode forward (batch 4) plus the COCO result encoding (RLE masks).
+   Kernels: sdpa (what ``model.attention: auto`` picks until this table says otherwise) and flex on CUDA;
+   sdpa alone on CPU.
+3. Evaluation: images/s of the eval-mode forward (batch 4) plus the COCO result encoding (RLE masks), in
+   float32 (``eval.amp: none``, the default, as detectron2's ``do_test``) and, on CUDA, under bf16 autocast.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` since the last reset (weights and optimizer state
 included, as detectron2's ``max_mem``); on CPU it is not measured in-process (``-``). Everything runs in one
@@ -162,10 +165,11 @@ def bench_train(args, device, clock, images_per_gpu: int, kernel: str) -> dict:
     return {"status": "ok", "s": s, "ips": images_per_gpu / s, "peak": clock.peak_gib()}
 
 
-def bench_eval(args, device, clock) -> dict:
+def bench_eval(args, device, clock, precision: str) -> dict:
     clock.reset()
     torch.manual_seed(0)
     model = detector(args, "auto").to(device).eval()
+    cast = autocast(device) if precision == "bf16" else contextlib.nullcontext()
     images, _ = synthetic_batch(4, args.size, device, 80)
     label_to_category = {i: i for i in range(1, 81)}
     times = []
@@ -173,7 +177,7 @@ def bench_eval(args, device, clock) -> dict:
         for i in range(args.warmup + args.iters):
             clock.sync()
             t0 = time.perf_counter()
-            with autocast(device):
+            with cast:
                 outputs = model(images)
             for j, out in enumerate(outputs):
                 instances_to_coco(j, out, label_to_category)
@@ -226,8 +230,8 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
                          rel_t, rel_m, "window+4global sdpa"])
             print(" | ".join(rows[-1]), flush=True)
     ref_s, ref_gb = DETECTRON2[args.model]
-    # auto = flex on CUDA; on CPU it is sdpa, so the smoke run measures it once.
-    for kernel in ("auto", "sdpa") if device.type == "cuda" else ("auto",):
+    # auto = sdpa until this row says flex is better on the GPU; on CPU flex cannot train.
+    for kernel in ("sdpa", "flex") if device.type == "cuda" else ("sdpa",):
         for ipg in (1, 2):
             r = bench_train(args, device, clock, ipg, kernel)
             precision = " bf16" if device.type == "cuda" else ""
@@ -243,9 +247,10 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
                 f"detectron2 {ref_s} s, {ref_gb} GB" if ref else "",
             ])
             print(" | ".join(rows[-1]), flush=True)
-    r = bench_eval(args, device, clock)
-    rows.append(["evaluation", "batch 4, fwd + COCO encoding", "-", fmt(r["ips"], ".2f"),
-                 fmt(r["peak"], ".2f"), "", "", ""])
+    for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+        r = bench_eval(args, device, clock, precision)
+        rows.append(["evaluation", f"batch 4 {precision}, fwd + COCO encoding", "-", fmt(r["ips"], ".2f"),
+                     fmt(r["peak"], ".2f"), "", "", ""])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for i, row in enumerate(rows):

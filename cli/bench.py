@@ -23,7 +23,7 @@ def bench(
         None, help="Dotted overrides, e.g. optim.lr=1e-4 train.batch_size=16."
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the resolved recipe and the weights' source; run nothing."
+        False, "--dry-run", help="Print the resolved recipe, weights and batch plan on --gpus; run nothing."
     ),
     gpus: int = typer.Option(
         1,
@@ -80,6 +80,9 @@ def bench(
             highlight=False,
             markup=False,
         )
+        # How the global batch splits over --gpus: this machine's GPU, or typical GPU memories without one.
+        for line in lib.plan_lines(recipe, gpus):
+            console.print(f"# {line}", highlight=False, markup=False, soft_wrap=True)
         return
     if slurm:
         from vitinit.bench.slurm import submit

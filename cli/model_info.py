@@ -77,7 +77,7 @@ def model_info(
             f"{pyramid} pyramid"
         )
     else:
-        name, caption = "ResNet-101", "torchvision resnet101 (from scratch) + FPN, same heads"
+        name, caption = "ResNet-101", "detectron2's ResNet-101 (from scratch) + FPN, same heads"
     if as_json:
         figures = info.to_dict()
         figures["parameters"] = figures.pop("params")  # the key earlier versions printed

@@ -189,9 +189,11 @@ class Data:
 
 @dataclass(frozen=True)
 class Optim:
-    lr: float = knob("AdamW base learning rate", above=0.0)
-    weight_decay: float = knob("AdamW weight decay (0 for norms, position tables, layer scale)", min=0.0)
+    optimizer: str = knob("adamw (the paper) or sgd (detectron2's R-101 baseline)", choices=("adamw", "sgd"))
+    lr: float = knob("base learning rate", above=0.0)
+    weight_decay: float = knob("weight decay (0 for norms, position tables, layer scale)", min=0.0)
     betas: tuple[float, float] = knob("AdamW betas", min=0.0, below=1.0)
+    momentum: float = knob("SGD momentum", min=0.0, below=1.0)
     layer_decay: float | None = knob("ViTDet's layer-wise lr decay rate; null = none", above=0.0, max=1.0)
     clip_grad_norm: float | None = knob("gradient-norm clip; null = none", above=0.0)
 
@@ -231,6 +233,10 @@ class Eval:
     max_images: int | None = knob("evaluate on the first N val images only; null = all", min=1)
     batch_size: int = knob("images per process per forward", min=1)
     num_workers: int = knob("evaluation data-loader processes", min=0)
+    amp: str = knob(
+        "autocast in evaluation: none (float32, as detectron2's do_test) or bf16 (faster, scores move)",
+        choices=("none", "bf16"),
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from _spawn import spawn_with_deadline
 
 from vitinit.engine import hooks as H
-from vitinit.engine.accumulation import accumulation_plan
+from vitinit.engine.accumulation import GB, accumulation_plan, bytes_per_image, describe_plan
 from vitinit.engine.sampler import StreamSampler
 from vitinit.engine.trainer import HookBase, Trainer
 from vitinit.errors import ConfigError
@@ -228,3 +228,33 @@ def test_grad_compression_option_is_checked():
     register_grad_compression(Regressor(), "bf16")  # one process, no DDP: nothing to compress
     with pytest.raises(ConfigError, match="grad_compression must be one of"):
         register_grad_compression(Regressor(), "int8")
+
+
+def test_memory_per_image_follows_the_model_size():
+    """ViTDet's published per-image memory for each size (not ViT-B's for all) picks the micro-batch."""
+    from vitinit.recipes import load_recipe, to_plain
+
+    from vitinit.bench.plan import batch_plan, memory_per_image
+
+    assert bytes_per_image("vit-b")[0] == int(10.9e9)
+    assert bytes_per_image("vit-l")[0] == int(20.9e9)
+    assert bytes_per_image("vit-h")[0] == int(31.5e9)
+    assert "UNCONFIRMED" in bytes_per_image("vit-b", "resnet101")[1]
+    assert "UNCONFIRMED" in bytes_per_image("custom")[1]
+    vitb, vitl = (to_plain(load_recipe(n)) for n in ("mae-vitb", "mae-vitl"))
+    assert memory_per_image(vitl)[0] == int(20.9e9)
+    eighty = 80 * 10**9
+    assert batch_plan(vitb, 8, eighty) == (4, 2)  # 6 ViT-B images fit 72 GB; 4 divides 8
+    assert batch_plan(vitl, 8, eighty) == (2, 4)  # ViT-L: 3 fit, 2 divides 8 (ViT-B's figure gave 4: OOM)
+    assert batch_plan(vitl, 8, 40 * 10**9) == (1, 8)
+
+
+def test_describe_plan_says_how_it_was_chosen():
+    assert describe_plan(64, 8, None, 80 * GB, bytes_per_image=int(20.9e9), source="vit-l") == (
+        "8 GPUs × 2 images × 4 steps = 64: 80 GB fits 3 images (vit-l, 90% usable); 2 divides 8"
+    )
+    assert describe_plan(64, 8, None, 16 * GB, bytes_per_image=int(20.9e9), source="vit-l").startswith(
+        "8 GPUs × 1 image × 8 steps = 64: 16 GB fits no image: 1, may run out of memory"
+    )
+    assert describe_plan(64, 8, None, None).endswith("GPU memory unknown, default 2 images; 2 divides 8")
+    assert describe_plan(64, 8, 1, None) == "8 GPUs × 1 image × 8 steps = 64: train.images_per_gpu=1"

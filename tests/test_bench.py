@@ -128,6 +128,18 @@ def test_dry_run_mae_vitb():
     assert "# weights: official mae vit-b checkpoint" in out and "mae_pretrain_vit_base" in out
 
 
+def test_dry_run_prints_the_batch_plan_for_typical_gpus(monkeypatch):
+    """Without a GPU, --dry-run --gpus 8 prints the plan it would use on 24, 40 and 80 GB GPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["bench", "mae-vitl", "--dry-run", "--gpus", "8"])
+    assert result.exit_code == 0, result.output
+    plans = [line for line in result.output.splitlines() if " GB GPUs: " in line]
+    assert [p.split(":")[0] for p in plans] == ["# 24 GB GPUs", "# 40 GB GPUs", "# 80 GB GPUs"]
+    assert "8 GPUs × 2 images × 4 steps = 64: 80 GB fits 3 images (vit-l 20.9 GB/image" in plans[2]
+    one = runner.invoke(app, ["bench", "mae-vitb", "--dry-run", "train.images_per_gpu=2"])
+    assert "1 GPU × 2 images × 32 steps = 64: train.images_per_gpu=2" in one.output
+
+
 def test_cli_errors_are_one_line(tmp_path):
     r = runner.invoke(app, ["bench", "mae-vitb", "optim.nope=1", "--dry-run"])
     assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output

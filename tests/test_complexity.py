@@ -155,4 +155,4 @@ def test_random_r101_recipe_trains_through_the_bench(tmp_path, monkeypatch):
     info = json.loads((tmp_path / "run" / COMPLEXITY_FILE).read_text())
     assert "ResNet-101 backbone" in info["params"] and info["proposals"] == 100 and info["detections"] == 20
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)["model"]
-    assert any(k.startswith("backbone.body.layer4.") for k in state) and not any(".vit." in k for k in state)
+    assert any(k.startswith("backbone.body.res5.") for k in state) and not any(".vit." in k for k in state)

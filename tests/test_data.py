@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
 from vitinit.data.synthetic import CATEGORIES, COCO_SIZES, SyntheticSpec, synthetic_coco
 from vitinit.data.transforms import (
     IMAGENET_MEAN_UINT8,
     FixedSizeCrop,
+    Polygons,
+    RecomputeBoxes,
     ScaleJitter,
-    ShrinkBoxesToMasks,
     lsj_transform,
+    polygon_box_in_window,
     test_transform,
 )
 from vitinit.errors import ConfigError, DatasetError
@@ -120,12 +125,16 @@ def test_broken_json(splits, tmp_path):
         CocoDetection(images, tmp_path / "nope.json")
 
 
-def test_annotation_outside_image(splits, tmp_path):
+def test_annotation_outside_image_is_clipped(splits, tmp_path, caplog):
     images, ann, coco = _copy(splits, tmp_path)
-    coco["annotations"][0]["bbox"] = [50.0, 10.0, 30.0, 5.0]  # x + w = 80 > 64
+    first = coco["annotations"][0]
+    first["bbox"] = [-3.0, 10.0, 500.0, 5.0]  # pokes out left and right: clipped, as detectron2
     ann.write_text(json.dumps(coco))
-    with pytest.raises(DatasetError, match="outside image"):
-        CocoDetection(images, ann)
+    ds = CocoDetection(images, ann)
+    width = ds.coco.imgs[first["image_id"]]["width"]
+    assert next(a for a in ds.annotations[first["image_id"]] if a["id"] == first["id"])["bbox"] == [
+        0.0, 10.0, float(width), 5.0]
+    assert "1 box(es) clipped to their image" in caplog.text
 
 
 def test_empty_dataset(splits, tmp_path):
@@ -193,8 +202,12 @@ def _one_object(box: list[float], hw: tuple[int, int]) -> tuple[tv_tensors.Image
     x0, y0, x1, y1 = (int(v) for v in box)
     masks = torch.zeros(1, *hw, dtype=torch.uint8)
     masks[0, y0:y1, x0:x1] = 1
+    corners = torch.tensor([[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]])
     target = {"boxes": tv_tensors.BoundingBoxes([box], format="XYXY", canvas_size=hw),
-              "masks": tv_tensors.Mask(masks), "labels": torch.tensor([1])}
+              "masks": tv_tensors.Mask(masks), "labels": torch.tensor([1]),
+              "polygons": Polygons(corners, canvas_size=hw),
+              "polygon_instance": torch.zeros(4, dtype=torch.int64),
+              "polygon_part": torch.zeros(4, dtype=torch.int64)}
     return image, target
 
 
@@ -230,21 +243,57 @@ def test_scale_jitter_resizes_masks_at_pixel_centres():
     assert torch.nonzero(out[0].any(0)).squeeze(1).tolist() == [1, 2]
 
 
-def test_boxes_cut_by_the_crop_shrink_to_the_part_left_in_it():
-    # A disc of radius 10 centred at (30, 20), cut by a crop at x = 25: inside, it spans y 11..29, not 10..30.
-    yy, xx = torch.meshgrid(torch.arange(40) + 0.5, torch.arange(25) + 0.5, indexing="ij")
-    disc = ((xx - 30) ** 2 + (yy - 20) ** 2 <= 100).to(torch.uint8)[None]
-    box = tv_tensors.BoundingBoxes([[20.0, 10.0, 25.0, 30.0]], format="XYXY", canvas_size=(40, 25))
-    target = {"boxes": box, "masks": tv_tensors.Mask(disc), "labels": torch.tensor([1])}
-    _, out = ShrinkBoxesToMasks()(None, target)
-    tight = masks_to_boxes(disc) + torch.tensor([0, 0, 1, 1])
-    assert tight.tolist() == [[20.0, 12.0, 25.0, 28.0]]
-    assert out["boxes"].tolist() == [[20.0, 11.0, 25.0, 29.0]]  # within 1 px of the visible part
-    # An uncut object keeps its exact box; an emptied one gets an empty box (then dropped).
-    image, one = _one_object([20.3, 10.6, 40.2, 30.1], (50, 60))
-    assert ShrinkBoxesToMasks()(image, one)[1]["boxes"].tolist() == one["boxes"].tolist()
-    one["masks"][:] = 0
-    assert ShrinkBoxesToMasks()(image, one)[1]["boxes"].tolist() == [[0.0, 0.0, 0.0, 0.0]]
+def test_boxes_are_recomputed_from_the_polygons_clipped_to_the_crop():
+    """detectron2's LSJ (recompute_boxes): a cut object's box is the box of its polygon inside the crop, not
+    the clamped box; an uncut one keeps its exact polygon box; the crop removing it empties it."""
+    # A triangle (0, 0), (40, 0), (0, 40) cut by a window x ≤ 30: inside, it spans y 0..40 and x 0..30; where
+    # x = 30 its hypotenuse is at y = 10, so the rest of the window holds y up to 40 only at x = 0.
+    tri = Polygons(torch.tensor([[0.0, 0.0], [40.0, 0.0], [0.0, 40.0]]), canvas_size=(50, 30))
+    square = Polygons(torch.tensor([[5.5, 5.25], [7.5, 5.25], [7.5, 5.3], [5.5, 5.3]]), canvas_size=(50, 30))
+    both = Polygons(torch.cat([tri, square]), canvas_size=(50, 30))
+    target = {"boxes": tv_tensors.BoundingBoxes([[0.0, 0, 30, 40], [5, 5, 8, 6]], format="XYXY",
+                                                canvas_size=(50, 30)),
+              "masks": tv_tensors.Mask(torch.ones(2, 50, 30, dtype=torch.uint8)),
+              "labels": torch.tensor([1, 2]),
+              "polygons": both, "polygon_instance": torch.tensor([0, 0, 0, 1, 1, 1, 1]),
+              "polygon_part": torch.zeros(7, dtype=torch.int64)}
+    _, out = RecomputeBoxes()(None, dict(target))
+    torch.testing.assert_close(out["boxes"].as_subclass(torch.Tensor),
+                               torch.tensor([[0.0, 0.0, 30.0, 40.0], [5.5, 5.25, 7.5, 5.3]]))
+    assert "polygons" not in out and "polygon_part" not in out
+    # Cut by a crop at x = 30..60 of a 60-wide image: only the triangle's x ≤ 10 part is left... in the
+    # crop's frame, the piece x ∈ [30, 40], y ∈ [0, 10] → [0, 0, 10, 10].
+    shifted = Polygons(torch.tensor([[0.0, 0.0], [40.0, 0.0], [0.0, 40.0]]) - torch.tensor([30.0, 0.0]),
+                       canvas_size=(50, 30))
+    one = {**target, "boxes": target["boxes"][:1], "masks": target["masks"][:1], "labels": torch.tensor([1]),
+           "polygons": shifted, "polygon_instance": torch.zeros(3, dtype=torch.int64),
+           "polygon_part": torch.zeros(3, dtype=torch.int64)}
+    _, out = RecomputeBoxes()(None, one)
+    torch.testing.assert_close(out["boxes"].as_subclass(torch.Tensor), torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+    gone = {**one, "polygons": Polygons(shifted - torch.tensor([20.0, 0.0]), canvas_size=(50, 30))}
+    assert RecomputeBoxes()(None, gone)[1]["boxes"].tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
+
+def test_lsj_keeps_boxes_down_to_1e5_px_and_flips_polygons_as_detectron2():
+    """A sub-pixel object survives LSJ (detectron2 keeps boxes above 1e-5 px; a 1-px floor dropped 5.5 % of
+    COCO instances at scale 0.1), and the flip maps x → W − x, as detectron2's HFlipTransform."""
+    hw = (50, 60)
+    poly = torch.tensor([[20.0, 10.0], [20.4, 10.0], [20.4, 10.3], [20.0, 10.3]])
+    target = {"boxes": tv_tensors.BoundingBoxes([[20.0, 10.0, 20.4, 10.3]], format="XYXY", canvas_size=hw),
+              "masks": tv_tensors.Mask(torch.zeros(1, *hw, dtype=torch.uint8)), "labels": torch.tensor([3]),
+              "polygons": Polygons(poly, canvas_size=hw),
+              "polygon_instance": torch.zeros(4, dtype=torch.int64),
+              "polygon_part": torch.zeros(4, dtype=torch.int64)}
+    image = tv_tensors.Image(torch.zeros(3, *hw, dtype=torch.uint8))
+    t = lsj_transform(100, scale_range=(0.5, 0.5), flip=False)  # factor 1 (100/60 × 0.5 = 0.833 → 41×50)
+    _, out = t(image, target)
+    (h, w) = out["masks"].shape[-2:]
+    sx, sy = w / 60, h / 50
+    assert out["labels"].tolist() == [3]  # 0.33 × 0.25 px: kept, as detectron2
+    torch.testing.assert_close(out["boxes"].as_subclass(torch.Tensor),
+                               torch.tensor([[20 * sx, 10 * sy, 20.4 * sx, 10.3 * sy]]))
+    flipped = v2.RandomHorizontalFlip(1.0)(Polygons(poly, canvas_size=hw))
+    torch.testing.assert_close(flipped.as_subclass(torch.Tensor)[:, 0], 60 - poly[:, 0])
 
 
 def test_fixed_size_crop_pads_bottom_right():
@@ -299,3 +348,50 @@ def test_evaluation_datasets_skip_target_decoding(splits):
     )
     image, target = ds[0]
     assert target == {"image_id": ds.ids[0]} and image.dtype == torch.float32
+
+
+def test_lsj_boxes_match_detectron2s_recompute_boxes():
+    """Side by side with detectron2's transforms (resize, crop, flip: apply_polygons, the crop through
+    shapely) and PolygonMasks.get_bounding_boxes, on star-shaped polygons the crop cuts."""
+    pytest.importorskip("shapely")
+    from _detectron2 import import_detectron2
+
+    T = import_detectron2("detectron2.data.transforms")
+    from detectron2.structures import PolygonMasks
+
+    gen = torch.Generator().manual_seed(0)
+    hw, new_hw, (top, left, ch, cw) = (60, 80), (90, 120), (20, 30, 50, 60)
+    stars = []
+    for _ in range(12):
+        centre = torch.rand(2, generator=gen) * torch.tensor([80.0, 60.0])
+        angles = torch.linspace(0, 2 * torch.pi, 11)[:-1]
+        radius = (5 + 25 * torch.rand(10, generator=gen)) * (1 + (torch.arange(10) % 2))
+        stars.append(centre + radius[:, None] * torch.stack([angles.cos(), angles.sin()], 1))
+    ref = T.TransformList([T.ResizeTransform(*hw, *new_hw), T.CropTransform(left, top, cw, ch),
+                           T.HFlipTransform(cw)])
+    moved = [[p.reshape(-1) for p in ref.apply_polygons([s.double().numpy()])] for s in stars]
+    want = PolygonMasks(moved).get_bounding_boxes()
+
+    polygons = Polygons(torch.cat(stars), canvas_size=hw)
+    polygons = F.horizontal_flip(F.crop(F.resize(polygons, list(new_hw)), top, left, ch, cw))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(12, 4), format="XYXY", canvas_size=(ch, cw)),
+              "masks": tv_tensors.Mask(torch.zeros(12, ch, cw, dtype=torch.uint8)),
+              "labels": torch.ones(12, dtype=torch.int64), "polygons": polygons,
+              "polygon_instance": torch.arange(12).repeat_interleave(10),
+              "polygon_part": torch.zeros(120, dtype=torch.int64)}
+    got = RecomputeBoxes()(None, target)[1]["boxes"].as_subclass(torch.Tensor)
+    inside = torch.isfinite(want.tensor).all(1) & (want.tensor[:, 2] > want.tensor[:, 0])
+    assert inside.sum() >= 6  # most stars reach into the crop; some are cut
+    torch.testing.assert_close(got[inside], want.tensor[inside], rtol=0, atol=1e-3)
+    assert (got[~inside] == 0).all()
+
+
+def test_polygon_box_in_window_is_exact_for_concave_polygons():
+    # A C-shape whose spine lies left of the window: only its lower arm reaches in (x 0..10, y 10..20).
+    # Clipping side by side (Sutherland–Hodgman) would join the arms along x = 0 and report y from 0.
+    c = np.array([[-10, -10], [10, -10], [10, -2], [-5, -2], [-5, 10], [10, 10], [10, 20], [-10, 20]], float)
+    np.testing.assert_allclose(polygon_box_in_window(c, 30, 30), [0, 10, 10, 20])
+    # A window corner inside the polygon bounds the box; a polygon that misses the window gives None.
+    square = np.array([[-5, -5], [5, -5], [5, 5], [-5, 5]], float)
+    np.testing.assert_allclose(polygon_box_in_window(square, 30, 30), [0, 0, 5, 5])
+    assert polygon_box_in_window(square + 50, 30, 30) is None

@@ -24,13 +24,14 @@ def test_gpu_check_smoke_prints_the_whole_table(capsys):
     configs = [(r[0], r[1]) for r in body]
     strategies = ("window+4global", "window", "global+ckpt")
     assert configs[:6] == [("backbone fwd+bwd", f"{s} {k}") for s in strategies for k in ("sdpa", "flex")]
-    assert [c for w, c in configs if w == "Mask R-CNN train"] == ["1 img/GPU auto", "2 img/GPU auto"]
+    assert [c for w, c in configs if w == "Mask R-CNN train"] == ["1 img/GPU sdpa", "2 img/GPU sdpa"]
     by_config = {r[1]: r for r in body}
     assert by_config["window+4global flex"][2].startswith("n/a")  # no flex backward on CPU
     for r in body:
         if r[0] != "evaluation" and not r[2].startswith("n/a"):
             assert float(r[2]) > 0 and float(r[3]) > 0
-    train1 = by_config["1 img/GPU auto"]
+    train1 = by_config["1 img/GPU sdpa"]
     assert train1[7] == "detectron2 0.314 s, 10.9 GB" and float(train1[5]) > 0  # ratio beside the reference
+    assert body[-1][:2] == ["evaluation", "batch 4 fp32, fwd + COCO encoding"]  # eval.amp's default
     assert float(body[-1][3]) > 0  # evaluation images/s
     assert "window+4global sdpa" in capsys.readouterr().out

@@ -72,3 +72,36 @@ def test_batched_inference_matches_one_image_at_a_time(model, val):
     b = torch.tensor([d["bbox"] + [d["score"]] for d in batched.results["bbox"]])
     torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-4)  # boxes are rounded to 1e-3 px
     assert not model.training
+
+
+def test_evaluation_runs_in_float32_unless_eval_amp_asks(model, val, tmp_path, monkeypatch):
+    """detectron2 evaluates in fp32 (its do_test has no autocast): the training autocast must not leak into
+    evaluation; eval.amp=bf16 is the explicit opt-in, and it does move the scores."""
+    from vitinit.recipes import load_recipe, to_plain
+
+    from vitinit.bench import run_evaluation
+
+    seen = []
+    heads = model.roi_heads.box_predictor
+    hook = heads.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype))
+    results = {}
+    try:
+        for amp in ("none", "bf16"):
+            # train.amp=bf16: the training autocast, which evaluation used to inherit.
+            recipe = to_plain(load_recipe("demo", ["train.amp=bf16", f"eval.amp={amp}", "eval.batch_size=2"]))
+            assert parse_eval_amp(recipe) == amp
+            seen.clear()
+            results[amp] = run_evaluation(model, val, recipe, torch.device("cpu"), tmp_path / amp)
+            assert set(seen) == {torch.float32 if amp == "none" else torch.bfloat16}
+    finally:
+        hook.remove()
+    assert to_plain(load_recipe("mae-vitb"))["eval"]["amp"] == "none"  # the default
+    fp32 = _run(model, val).results["bbox"]
+    bf16 = _run(model, val, amp="bf16").results["bbox"]
+    assert [d["score"] for d in fp32] != [d["score"] for d in bf16]
+
+
+def parse_eval_amp(recipe: dict) -> str:
+    from vitinit.recipes.check import parse_recipe
+
+    return parse_recipe(recipe).eval.amp

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitinit.bench.plan import plan_lines
 from vitinit.bench.weights import (
     apply_position_policy,
     describe_weights,
@@ -31,6 +32,7 @@ __all__ = [
     "build_model",
     "describe_weights",
     "load_weights",
+    "plan_lines",
     "pretrained_backbone_config",
     "random_backbone_config",
     "resolve",

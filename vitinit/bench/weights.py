@@ -81,7 +81,7 @@ def describe_weights(recipe: dict) -> str:
     normalize_options(recipe)  # a bad position policy fails here, before any download
     if (recipe["model"].get("detector") or {}).get("backbone_type") == "resnet101":
         seed = recipe["train"]["seed"]
-        return f"random initialization of ResNet-101 + FPN (torchvision's init, seed {seed})"
+        return f"random initialization of ResNet-101 + FPN (detectron2's c2_msra_fill, seed {seed})"
     if w["init"] == "random" and not w["source"]:
         return f"random initialization of {variant} (DetectionViT's own init, seed {recipe['train']['seed']})"
     if w["source"]:

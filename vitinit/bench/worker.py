@@ -15,12 +15,12 @@ import torch
 
 from vitinit.analysis.live_gallery import TensorBoardGallery
 from vitinit.analysis.run_report import write_run_report
+from vitinit.bench.plan import batch_plan
 from vitinit.bench.weights import apply_position_policy, load_weights
 from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_root
 from vitinit.data.transforms import lsj_transform, test_transform
 from vitinit.engine import distributed as du
 from vitinit.engine import hooks as H
-from vitinit.engine.accumulation import accumulation_plan
 from vitinit.engine.optim import build_optimizer
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
@@ -149,7 +149,8 @@ def _train(
 
     o, s, t = recipe["optim"], recipe["schedule"], recipe["train"]
     optimizer = build_optimizer(
-        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"]
+        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"],
+        optimizer=o.get("optimizer", "adamw"), momentum=o.get("momentum", 0.9),
     )
     ddp_model = model
     if world > 1:
@@ -161,7 +162,7 @@ def _train(
         du.register_grad_compression(ddp_model, t.get("grad_compression", "none"))
     # train.batch_size is the global batch: micro-batches per GPU × accumulation steps × processes.
     memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    images_per_gpu, accumulation = accumulation_plan(t["batch_size"], world, t.get("images_per_gpu"), memory)
+    images_per_gpu, accumulation = batch_plan(recipe, world, memory)  # the model size's memory per image
     if main:
         log.info("%d images per process × %d accumulation steps × %d processes", images_per_gpu, accumulation,
                  world)
@@ -269,7 +270,8 @@ def run_evaluation(
     inference_on_dataset(
         model, dataset, evaluator, device=device, collate_fn=collate,
         indices=range(min(len(dataset), e["max_images"] or len(dataset))),
-        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0), amp=_amp(recipe, device),
+        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0),
+        amp=None if e.get("amp", "none") == "none" else e["amp"],  # float32 unless eval.amp asks
     )
     if du.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)

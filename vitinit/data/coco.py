@@ -6,13 +6,16 @@ Samples come out the way torchvision's detection models and v2 transforms want t
 :attr:`CocoDetection.label_to_category` maps them back to the JSON's category ids for evaluation.
 
 Crowd regions (``iscrowd=1``) are left out of training targets, as detectron2 does; evaluation reads the JSON
-itself, where pycocotools treats them as ignore regions.
+itself, where pycocotools treats them as ignore regions. Defects real COCO-format files contain (degenerate
+polygons, boxes poking out of the image, images without annotations) are repaired or skipped as detectron2
+does, and counted in one log line (:mod:`vitinit.data.coco_checks`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +30,11 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from vitinit.data.coco_checks import check_coco
+from vitinit.data.transforms import Polygons
 from vitinit.errors import DatasetError
 from vitinit.io.files import read_json
+
+log = logging.getLogger(__name__)
 
 COCO_2017 = {
     "train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -119,11 +125,17 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_to_category = {i + 1: c for i, c in enumerate(cat_ids)}
         self.category_to_label = {c: i for i, c in self.label_to_category.items()}
         self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
-        # Every entry the loader and the evaluator read, checked before the first iteration.
-        check_coco(self.coco.dataset, self.annotation_file, set(self.category_to_label), train=train)
+        # Every entry the loader and the evaluator read, checked before the first iteration; what detectron2
+        # trains through is repaired here (self.annotations) and counted.
+        cats = set(self.category_to_label)
+        cleanup = check_coco(self.coco.dataset, self.annotation_file, cats, train=train)
+        self.annotations = cleanup.annotations
         ids = sorted(self.coco.imgs)
         if train:
-            ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
+            ids = [i for i in ids if self.annotations[i]]
+            cleanup.images_skipped = len(self.coco.imgs) - len(ids)
+        if with_targets and (summary := cleanup.summary(self.annotation_file)):
+            log.warning(summary)
         if not ids:
             raise DatasetError(
                 f"{self.annotation_file} has no {'annotated ' if train else ''}images; nothing to "
@@ -169,7 +181,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def load_target(self, image_id: int) -> dict[str, Any]:
         info = self.coco.imgs[image_id]
         h, w = info["height"], info["width"]
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        anns = self.annotations[image_id]  # checked and repaired, crowd regions left out
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # XYWH → XYXY
         masks = (
@@ -177,12 +189,25 @@ class CocoDetection(torch.utils.data.Dataset):
             if anns
             else np.zeros((0, h, w), np.uint8)
         )
+        # Polygon vertices move with the image, so training can recompute boxes from them (detectron2's LSJ).
+        verts = [(i, k, p) for i, a in enumerate(anns) if isinstance(a["segmentation"], list)
+                 for k, p in enumerate(a["segmentation"])]
+        points = [np.asarray(p, np.float32).reshape(-1, 2) for _, _, p in verts]
+        sizes = [len(p) for p in points]
+        instance = np.repeat([i for i, _, _ in verts], sizes).astype(np.int64)
+        part = np.repeat([k for _, k, _ in verts], sizes).astype(np.int64)
         return {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
             "masks": tv_tensors.Mask(torch.from_numpy(masks)),
             "labels": torch.tensor(
                 [self.category_to_label[a["category_id"]] for a in anns], dtype=torch.int64
             ),
+            "polygons": Polygons(
+                torch.from_numpy(np.concatenate(points) if points else np.zeros((0, 2), np.float32)),
+                canvas_size=(h, w),
+            ),
+            "polygon_instance": torch.from_numpy(instance),
+            "polygon_part": torch.from_numpy(part),
             "image_id": image_id,
         }
 

@@ -19,12 +19,30 @@ from __future__ import annotations
 
 from vitinit.errors import ConfigError
 
-# detectron2's published ViTDet ViT-B figure (projects/ViTDet/README.md): 10.9 GB per A100 at 1 image per GPU
-# (1024 px, fp16 AMP). Used as the whole per-image cost, fixed part included, so the choice stays on the safe
-# side; never reported as a measurement.
-VITB_BYTES_PER_IMAGE = int(10.9e9)
+# Training memory per image by model size, from detectron2's published ViTDet table
+# (projects/ViTDet/README.md, COCO Mask R-CNN, 1024 px, fp16 AMP, 1 image per A100): ViT-B 10.9 GB, ViT-L
+# 20.9 GB, ViT-H 31.5 GB (its 75-epoch row; ViTDet's ViT-H has patch 16, 64×64 tokens: at patch 14
+# vitinit's ViT-H has 1.3× the tokens, so its figure is UNCONFIRMED there). Each is used as the whole
+# per-image cost, fixed part included, so the choice stays on the safe side; never reported as a measurement.
+GB = 10**9
+BYTES_PER_IMAGE = {"vit-b": int(10.9 * GB), "vit-l": int(20.9 * GB), "vit-h": int(31.5 * GB)}
+VITB_BYTES_PER_IMAGE = BYTES_PER_IMAGE["vit-b"]
 DEFAULT_IMAGES_PER_GPU = 2  # without a memory figure: what fits a ViT-B at 1024 px on a 24 GB card
 MEMORY_HEADROOM = 0.9  # allocator fragmentation and the CUDA context
+TYPICAL_GPU_GB = (24, 40, 80)  # the plans --dry-run prints without a GPU: 24 GB cards, A100 40 / 80 GB
+
+
+def bytes_per_image(variant: str, backbone_type: str = "vit") -> tuple[int, str]:
+    """Training memory per 1024-px image for a model size, and where the figure comes from.
+
+    ViT-B / L / H: ViTDet's published figures (:data:`BYTES_PER_IMAGE`). Any other model (a custom ViT, the
+    ResNet-101 baseline) uses ViT-B's, UNCONFIRMED: detectron2 publishes no memory for its R-101 LSJ baseline.
+    """
+    if backbone_type == "vit" and variant in BYTES_PER_IMAGE:
+        note = "UNCONFIRMED at patch 14" if variant == "vit-h" else "ViTDet README"
+        return BYTES_PER_IMAGE[variant], f"{variant} {BYTES_PER_IMAGE[variant] / GB:.1f} GB/image ({note})"
+    what = "resnet101" if backbone_type != "vit" else variant
+    return VITB_BYTES_PER_IMAGE, f"{what}: ViT-B's {VITB_BYTES_PER_IMAGE / GB:.1f} GB/image (UNCONFIRMED)"
 
 
 def accumulation_plan(
@@ -39,7 +57,7 @@ def accumulation_plan(
 
     ``images_per_gpu`` given: it must divide the per-process share. ``None``: the largest divisor of the share
     that fits ``gpu_memory`` bytes (``bytes_per_image`` each), or :data:`DEFAULT_IMAGES_PER_GPU` (or 1) when
-    the memory is unknown (CPU, or not asked).
+    the memory is unknown (CPU, or not asked). ``bytes_per_image``: the model's (:func:`bytes_per_image`).
 
     Example:
         >>> accumulation_plan(64, 8, gpu_memory=80 * 2**30)  # 8 × 80 GB: 4 images per GPU, 2 steps
@@ -63,3 +81,36 @@ def accumulation_plan(
         fit = DEFAULT_IMAGES_PER_GPU
     ipg = max(d for d in range(1, min(fit, share) + 1) if share % d == 0)
     return ipg, share // ipg
+
+
+def describe_plan(
+    global_batch: int,
+    world_size: int,
+    images_per_gpu: int | None,
+    gpu_memory: int | None,
+    *,
+    bytes_per_image: int = VITB_BYTES_PER_IMAGE,
+    source: str = "",
+) -> str:
+    """One line: ``images per GPU × accumulation steps × GPUs = batch``, and how the micro-batch was chosen.
+
+    Example:
+        >>> describe_plan(64, 8, None, 80 * GB, source="vit-b 10.9 GB/image")
+        '8 GPUs × 4 images × 2 steps = 64: 80 GB fits 6 images (vit-b 10.9 GB/image, 90% usable); 4 divides 8'
+    """
+    ipg, steps = accumulation_plan(global_batch, world_size, images_per_gpu, gpu_memory,
+                                   bytes_per_image=bytes_per_image)
+    head = f"{world_size} GPU{'s' if world_size > 1 else ''} × {ipg} image{'s' if ipg > 1 else ''} × " \
+           f"{steps} step{'s' if steps > 1 else ''} = {global_batch}"
+    share = global_batch // world_size
+    if images_per_gpu is not None:
+        return f"{head}: train.images_per_gpu={images_per_gpu}"
+    if gpu_memory is None:
+        why = f"GPU memory unknown, default {DEFAULT_IMAGES_PER_GPU} images"
+    else:
+        fit = int(gpu_memory * MEMORY_HEADROOM // bytes_per_image)
+        fits = (
+            f"fits {fit} image{'s' if fit > 1 else ''}" if fit else "fits no image: 1, may run out of memory"
+        )
+        why = f"{gpu_memory / GB:.0f} GB {fits} ({source}, {MEMORY_HEADROOM:.0%} usable)"
+    return f"{head}: {why}; {ipg} divides {share}"

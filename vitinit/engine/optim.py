@@ -1,9 +1,12 @@
-"""AdamW with the paper's parameter groups, and the lr schedule as a pure function of the iteration.
+"""AdamW (the paper) or SGD (detectron2's from-scratch R-101 baseline) with the paper's parameter groups, and
+the lr schedule as a pure function of the iteration.
 
 Weight decay is 0 for normalization parameters (every ``nn.*Norm``), the absolute position embedding, the
 relative-position bias tables (MIMDet's recipe; detectron2's ViTDet configs exempt norms and pos_embed) and
 BEiT's layer scale.
-Biases keep weight decay, as detectron2 does by default (``weight_decay_bias = weight_decay``).
+Biases keep weight decay, as detectron2 does by default (``weight_decay_bias = weight_decay``). The groups
+are the same for both optimizers: detectron2's ``configs/common/optim.py`` builds its SGD and AdamW alike
+(``get_default_optimizer_params(weight_decay_norm=0)``).
 
 Optional layer-wise lr decay follows ViTDet's ``get_vit_lr_decay_rate``: lr × rate^(L+1−layer), where the
 model numbers its layers (``vitinit.modeling.lr_decay``: patch/pos embedding → 0, block k → k+1, everything
@@ -63,6 +66,9 @@ def build_param_groups(
     return [groups[k] for k in sorted(groups)]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -70,10 +76,19 @@ def build_optimizer(
     weight_decay: float,
     betas: Sequence[float] = (0.9, 0.999),
     layer_decay: float | None = None,
-) -> torch.optim.AdamW:
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """``optimizer="adamw"``: AdamW with ``betas`` (the paper). ``"sgd"``: SGD with ``momentum``, no
+    Nesterov, L2 weight decay in the update (detectron2's ``configs/common/optim.py`` SGD, which its
+    new_baselines LSJ configs train with: lr 0.1 at batch 64, momentum 0.9, weight decay 4e-5)."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     groups = build_param_groups(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
     for g in groups:
         g.pop("names")
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
-MASK_THRESHOLD = 0.5  # torchvision's soft masks → binary, as its reference evaluation does
+MASK_THRESHOLD = 0.5  # soft masks → binary at ≥ 0.5, as detectron2's paste_masks_in_image
 
 
 def summarize_stats(stats: Sequence[float]) -> dict[str, float | None]:
@@ -126,7 +126,7 @@ def instances_to_coco(
 ) -> tuple[list[dict], list[dict]]:
     """One torchvision detection output → (box results, mask results) in COCO's results format.
 
-    Boxes go XYXY → XYWH; soft masks (N, 1, H, W) are binarized at 0.5 and RLE-encoded, with ``counts`` as
+    Boxes go XYXY → XYWH; soft masks (N, 1, H, W) are binarized at ≥ 0.5 and RLE-encoded, with ``counts`` as
     str so the results are JSON-serializable.
     """
     boxes = output["boxes"].detach().float().cpu()
@@ -142,7 +142,7 @@ def instances_to_coco(
     ]
     mask_results: list[dict] = []
     if with_masks and "masks" in output:
-        masks = (output["masks"].detach()[:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
+        masks = (output["masks"].detach()[:, 0] >= MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
         for c, rle, s in zip(categories, rles, scores, strict=True):
             rle["counts"] = rle["counts"].decode("ascii")

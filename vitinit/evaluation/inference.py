@@ -54,7 +54,9 @@ def inference_on_dataset(
     Args:
         indices: the dataset items to evaluate (default all, e.g. the first ``eval.max_images``).
         batch_size: images per forward on each process; ``num_workers``: data-loader processes.
-        amp: "bf16" runs the forward under bf16 autocast (the heads stay fp32, see ``full_precision``).
+        amp: None (the default) runs in float32, as detectron2's ``do_test``; "bf16" runs the whole forward
+            under bf16 autocast (backbone, RPN and heads; only box decoding and the losses stay float32),
+            which is faster but moves scores by ~1e-3 and can reorder detections.
         shard: ``(rank, world_size)``; default the process group's. Gathering happens only under a group.
     Returns the evaluator, holding every process's results (call ``evaluate`` on one process).
     """

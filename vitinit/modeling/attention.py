@@ -7,8 +7,8 @@ grad forces SDPA's math kernel.
 ``flex``: ``torch.nn.attention.flex_attention`` with a ``score_mod`` that reads the table by the relative
 offset of the query and key indices, so no N×N bias exists and the table still gets its gradient (flex
 differentiates through captured tensors). In torch 2.14 FlexAttention refuses inputs that require grad on
-CPU ("FlexAttention does not support backward on CPU"): there it is inference-only, and ``auto`` picks
-``sdpa`` on CPU (see :func:`resolve_kernel`).
+CPU ("FlexAttention does not support backward on CPU"): there it is inference-only. ``auto`` picks ``sdpa``
+everywhere until a GPU measurement says otherwise (see :func:`resolve_kernel`); flex is an explicit choice.
 
 Windows follow detectron2's ViTDet: the grid is zero-padded to a multiple of the window and cropped back, and
 padded tokens are not masked, so both kernels see exactly the same windows.
@@ -41,14 +41,17 @@ FLEX_COMPILE: bool | None = None
 def resolve_kernel(kind: str, device: torch.device, *, needs_grad: bool) -> str:
     """The kernel ``kind`` means for a forward on ``device``: "sdpa" or "flex".
 
-    ``auto`` is ``flex`` on CUDA and ``sdpa`` on CPU: there flex cannot train, and for inference eager flex
-    (torch's unfused reference) is slower than SDPA on global blocks while compiling it costs 15-70 s per
-    shape. An explicit ``flex`` that cannot run raises a :class:`ConfigError` instead of silently switching.
+    ``auto`` is ``sdpa`` on every device: it is the path CPU training and the detectron2 cross-checks have
+    run, and on CUDA PyTorch's memory-efficient SDPA kernel takes an additive bias that needs grad. No GPU
+    has measured flex against it yet (``benchmarks/gpu_check.py`` does), so flex stays an explicit choice:
+    on CPU it cannot train, and for inference eager flex (torch's unfused reference) is slower than SDPA on
+    global blocks while compiling it costs 15-70 s per shape. An explicit ``flex`` that cannot run raises a
+    :class:`ConfigError` instead of silently switching.
     """
     if kind not in ATTENTION_KERNELS:
         raise ConfigError(f"model.attention must be one of {ATTENTION_KERNELS}, got {kind!r}")
     if kind == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "sdpa"
     flex_ok = device.type == "cuda" or not needs_grad
     if kind == "flex" and not flex_ok:
         raise ConfigError(

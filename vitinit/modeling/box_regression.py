@@ -15,7 +15,8 @@ from torchvision.models.detection._utils import BoxCoder
 
 def decode(coder: BoxCoder, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(N, 4k) deltas applied to (N, 4) reference boxes → (N, k, 4) boxes, in float32."""
-    return coder.decode_single(deltas.float(), boxes.float()).reshape(len(boxes), -1, 4)
+    # The class count from the deltas' width, so that no boxes (no proposals) decode to (0, k, 4).
+    return coder.decode_single(deltas.float(), boxes.float()).reshape(len(boxes), deltas.shape[-1] // 4, 4)
 
 
 def box_regression_loss(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:

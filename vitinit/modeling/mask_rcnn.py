@@ -32,6 +32,7 @@ from torchvision.models.detection.rpn import RPNHead
 
 from vitinit.errors import ConfigError
 from vitinit.modeling.anchors import CellAnchorGenerator
+from vitinit.modeling.head_init import init_fresh_heads, init_predictors
 from vitinit.modeling.norms import (  # noqa: F401  (re-exported: the bench and the tests import them from here)
     NORMS,
     convert_sync_batchnorm,
@@ -80,6 +81,12 @@ class MaskRCNNConfig:
     rpn_post_nms_top_n_test: int = 1000
     rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 256
+    # Matching and sampling, as detectron2's MODEL.RPN.IOU_THRESHOLDS / POSITIVE_FRACTION and
+    # MODEL.ROI_HEADS.IOU_THRESHOLDS / POSITIVE_FRACTION: anchors below the first RPN threshold are
+    # background, at or above the second foreground; RoIs at or above box_iou_thresh are foreground.
+    rpn_iou_thresholds: tuple[float, float] = (0.3, 0.7)
+    rpn_positive_fraction: float = 0.5
+    box_iou_thresh: float = 0.5
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
@@ -94,7 +101,7 @@ class MaskRCNNConfig:
     pooler_sampling_ratio: int = 0
     pooler_aligned: bool = True
     # detectron2: predictors drawn from N(0, 0.01) (classes) / N(0, 0.001) (boxes, masks); torchvision:
-    # PyTorch's defaults, which learn faster in very short runs (the demo; see init_predictors).
+    # PyTorch's defaults, which learn faster in very short runs (the demo; see head_init.init_predictors).
     predictor_init: str = "detectron2"
     # Pad every batch to max_size × max_size (detectron2 ViTDet's ``square_pad``), so that the ViT always sees
     # the token grid its absolute position embedding was trained at; without it a 1024×683 test image would
@@ -102,6 +109,7 @@ class MaskRCNNConfig:
     square_pad: bool = True
     # "vit" (the paper's ViT + pyramid) | "resnet101": the from-scratch CNN baseline (vitinit.modeling.resnet)
     backbone_type: str = "vit"
+    resnet_stride_in_1x1: bool = True  # detectron2's MODEL.RESNETS.STRIDE_IN_1X1 (its R-101 LSJ baseline)
 
     def __post_init__(self) -> None:
         if self.pyramid not in PYRAMIDS:
@@ -118,7 +126,15 @@ class MaskRCNNConfig:
             raise ConfigError(f"num_classes must be at least 1 (background excluded), got {self.num_classes}")
         if len(self.anchor_sizes) != 5:
             raise ConfigError(f"anchor_sizes needs one size per level P2..P6 (5), got {self.anchor_sizes}")
-        for name in ("image_mean", "image_std", "anchor_sizes", "aspect_ratios"):
+        low, high = self.rpn_iou_thresholds
+        if not (0 <= low <= high <= 1 and 0 <= self.box_iou_thresh <= 1):
+            raise ConfigError(
+                f"IoU thresholds must lie in [0, 1] with rpn low ≤ high, got rpn {self.rpn_iou_thresholds}, "
+                f"box {self.box_iou_thresh}"
+            )
+        if not (0 < self.rpn_positive_fraction <= 1 and 0 < self.box_positive_fraction <= 1):
+            raise ConfigError("rpn_positive_fraction and box_positive_fraction must lie in (0, 1]")
+        for name in ("image_mean", "image_std", "anchor_sizes", "aspect_ratios", "rpn_iou_thresholds"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def replace(self, **changes) -> MaskRCNNConfig:
@@ -176,7 +192,8 @@ def build_mask_rcnn(cfg: MaskRCNNConfig, *, device: torch.device | str | None = 
         with torch.device(device):
             return build_mask_rcnn(cfg)
     if cfg.backbone_type == "resnet101":
-        backbone = build_resnet_fpn(norm_layer=norm_layer_for(cfg.norm), out_channels=cfg.fpn_channels)
+        backbone = build_resnet_fpn(norm_layer=norm_layer_for(cfg.norm), out_channels=cfg.fpn_channels,
+                                    stride_in_1x1=cfg.resnet_stride_in_1x1)
     else:
         backbone = ViTFeaturePyramid(
             DetectionViT(_backbone_config(cfg)),
@@ -213,6 +230,9 @@ def build_rpn(cfg: MaskRCNNConfig, backbone: nn.Module) -> RPN:
         post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
         nms_thresh=cfg.rpn_nms_thresh,
         batch_size_per_image=cfg.rpn_batch_size_per_image,
+        positive_fraction=cfg.rpn_positive_fraction,
+        bg_iou_thresh=cfg.rpn_iou_thresholds[0],
+        fg_iou_thresh=cfg.rpn_iou_thresholds[1],
         smooth_l1_beta=cfg.rpn_smooth_l1_beta,
     )
 
@@ -226,38 +246,27 @@ def build_roi_heads(cfg: MaskRCNNConfig, backbone: nn.Module) -> RoIHeads:
     box_predictor = FastRCNNPredictor(cfg.box_head_fc, cfg.num_classes + 1)
     # Explicit widths so fpn_channels other than 256 work (torchvision's default assumes 256).
     mask_predictor = MaskRCNNPredictor(c, c, cfg.num_classes + 1)
+    convs = [c] * cfg.box_head_convs
+    box_head = FastRCNNConvFCHead((c, 7, 7), convs, [cfg.box_head_fc], norm_layer=norm_layer)
+    init_fresh_heads(box_head, mask_predictor)
     if cfg.predictor_init == "detectron2":
         init_predictors(box_predictor, mask_predictor)
     return RoIHeads(
         levels,
         ROIPooler(7, scales, **pool),
-        FastRCNNConvFCHead((c, 7, 7), [c] * cfg.box_head_convs, [cfg.box_head_fc], norm_layer=norm_layer),
+        box_head,
         box_predictor,
         ROIPooler(14, scales, **pool),
         MaskRCNNHeads(c, [c] * cfg.mask_head_convs, 1, norm_layer=norm_layer),
         mask_predictor,
         batch_size_per_image=cfg.box_batch_size_per_image,
         positive_fraction=cfg.box_positive_fraction,
+        iou_thresh=cfg.box_iou_thresh,
         smooth_l1_beta=cfg.box_smooth_l1_beta,
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
     )
-
-
-def init_predictors(box_predictor: FastRCNNPredictor, mask_predictor: MaskRCNNPredictor) -> None:
-    """detectron2's predictor init: class scores N(0, 0.01), box deltas N(0, 0.001), mask logits
-    N(0, 0.001), biases 0 (``FastRCNNOutputLayers``, ``MaskRCNNConvUpsampleHead``).
-
-    ``predictor_init="torchvision"`` keeps PyTorch's default / He init instead: for very short runs. In the
-    demo (200 AdamW iterations, seed 1, all else equal) detectron2's init gave box / mask AP 4.4 / 3.7 and
-    torchvision's 25.6 / 31.9 — near-zero logits pass almost no gradient into the shared features early on
-    (with He mask logits alone: 17.7 / 25.5). Over COCO schedules the init is detectron2's standard.
-    """
-    for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001),
-                       (mask_predictor.mask_fcn_logits, 0.001)):
-        nn.init.normal_(layer.weight, std=std)
-        nn.init.zeros_(layer.bias)
 
 
 def build_transform(cfg: MaskRCNNConfig) -> SquarePadTransform:

@@ -5,6 +5,7 @@ anchors), 256 of them sampled at most half positive; the losses are binary cross
 L1 on the box deltas of positives, both summed and divided by 256 × images (detectron2's normalisation;
 torchvision divides objectness by the number sampled and uses smooth-L1 β = 1/9). Proposals: the top
 ``pre_nms_top_n`` per level, decoded in float32, clipped, NMS per level, the top ``post_nms_top_n`` per image.
+Non-finite proposals are dropped at inference and raise in training (detectron2: training has diverged).
 
 The head's convolutions run under the caller's autocast; only decoding and the losses are float32.
 """
@@ -19,6 +20,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
+from vitinit.errors import TrainingError
 from vitinit.modeling.anchors import CellAnchorGenerator
 from vitinit.modeling.box_regression import box_regression_loss, decode
 
@@ -101,6 +103,8 @@ class RPN(nn.Module):
         proposals = []
         for b, s, size in zip(boxes, scores, image_sizes, strict=True):
             finite = torch.isfinite(b).all(1) & torch.isfinite(s)
+            if self.training and not finite.all():  # detectron2's find_top_rpn_proposals raises too
+                raise TrainingError("the RPN predicted non-finite boxes or scores: training has diverged")
             b, s, lv = b[finite], s[finite], level_ids[finite]
             b = clip_boxes_to_image(b, size)
             keep = ((b[:, 2] - b[:, 0]) > 0) & ((b[:, 3] - b[:, 1]) > 0)

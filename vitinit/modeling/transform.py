@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import clip_boxes_to_image
 
 from vitinit.modeling.mask_ops import paste_masks_in_image
 
@@ -45,11 +46,17 @@ class SquarePadTransform(GeneralizedRCNNTransform):
         image_shapes: list[tuple[int, int]],
         original_image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, torch.Tensor]]:
-        """Boxes back in the original image's frame, masks pasted there (detectron2's detector_postprocess)"""
+        """Boxes back in the original image's frame, masks pasted there (detectron2's detector_postprocess):
+        boxes are scaled, clipped to the original image, and those left empty are dropped with their scores,
+        labels and masks (a box under a pixel wide at 1024 px can round to nothing at the original size)."""
         if self.training:
             return result
-        for pred, size, original in zip(result, image_shapes, original_image_sizes, strict=True):
-            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+        sizes = zip(image_shapes, original_image_sizes, strict=True)
+        for i, (pred, (size, original)) in enumerate(zip(result, sizes, strict=True)):
+            boxes = clip_boxes_to_image(resize_boxes(pred["boxes"], size, original), original)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            pred = result[i] = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in pred.items()}
+            pred["boxes"] = boxes[keep]
             if "masks" in pred:
                 pred["masks"] = paste_masks_in_image(pred["masks"], pred["boxes"], original)
         return result
