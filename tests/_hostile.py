@@ -7,6 +7,11 @@ passes ``bug=True``).
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
 from typer.testing import CliRunner
 from vitinit_cli.main import app
 
@@ -28,3 +33,32 @@ def one_line_error(result, contains: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert contains in lines[0], lines[0]
     return lines[0]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a server that accepts connections and never answers."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.05)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        sock.close()

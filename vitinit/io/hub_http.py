@@ -46,21 +46,23 @@ def _env_float(name: str, default: float) -> float:
 class HubLimits:
     """The budget of one bounded call: timeout per socket operation, failed attempts left, body cap."""
 
-    def __init__(self, timeout_s: float, attempts: int, max_body: int = MAX_API_BODY) -> None:
+    def __init__(self, timeout_s: float, attempts: int, max_body: int) -> None:
         self.timeout_s, self.attempts, self.max_body = timeout_s, attempts, max_body
         self.failures = 0
-        self.error: HubUnreachable | None = None  # the first budget error raised, for the caller's message
+        self.error: HubUnreachable | None = None  # the last failure, for the caller's message
         self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> HubLimits:
         attempts = int(_env_float("VITINIT_HUB_ATTEMPTS", DEFAULT_ATTEMPTS))
-        return cls(_env_float("VITINIT_HUB_TIMEOUT", DEFAULT_TIMEOUT_S), max(attempts, 1))
+        return cls(_env_float("VITINIT_HUB_TIMEOUT", DEFAULT_TIMEOUT_S), max(attempts, 1), MAX_API_BODY)
 
     def fail(self, host: str, why: str) -> HubUnreachable:
+        """The error for ``host``; kept as :attr:`error` for the caller, whose library may wrap or swallow
+        it (huggingface_hub turns a timeout in ``snapshot_download`` into "not found locally")."""
         err = HubUnreachable(f"{host} {why}")
         with self._lock:
-            self.error = self.error or err
+            self.error = err
         return err
 
     def failed_attempt(self, host: str, e: Exception) -> HubUnreachable | None:
@@ -68,11 +70,10 @@ class HubLimits:
         with self._lock:
             self.failures += 1
             spent = self.failures >= self.attempts
-        if not spent:
-            return None
         timed_out = isinstance(e, httpx2.TimeoutException)
-        why = (f"did not answer within {self.timeout_s:g} s" if timed_out else f"failed ({first_line(e)})")
-        return self.fail(host, f"{why}; gave up after {self.failures} attempt(s)")
+        why = f"did not answer within {self.timeout_s:g} s" if timed_out else f"failed ({first_line(e)})"
+        err = self.fail(host, f"{why}; gave up after {self.failures} attempt(s)" if spent else why)
+        return err if spent else None
 
 
 class _CappedStream(httpx2.SyncByteStream):
