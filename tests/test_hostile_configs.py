@@ -19,6 +19,7 @@ from vitinit import bench
 from vitinit.engine.run_folder import RunFolder, RunFolderError, read_jsonl
 from vitinit.errors import CheckpointFormatError, ConfigError, SpecMismatchError, TrainingError
 from vitinit.formats import read_checkpoint
+from vitinit.io.save import HashCancelled
 
 TINY = ("--size", "64", "--window-size", "4")
 
@@ -299,3 +300,24 @@ def test_no_hostile_case_reaches_the_internal_error_line(made, tmp_path):
     for args in corpus:
         res = run(*args)
         assert res.exit_code == 1 and INTERNAL_ERROR not in res.output, (args, res.output)
+
+
+def test_a_failed_conversion_stops_hashing_its_source(tmp_path, monkeypatch):
+    """The source is hashed by a thread from the start (issue 17's overlap); a source that then fails to
+    parse must not keep the process reading a multi-GB file to the end before the error shows."""
+    import time
+
+    import vitinit.convert as conversion
+
+    seen = {}
+
+    def slow_hash(path, *, cancel):
+        seen["stopped"] = cancel.wait(timeout=30)  # a hash that would take 30 s unless told to stop
+        raise HashCancelled(str(path))
+
+    monkeypatch.setattr(conversion, "source_sha256", slow_hash)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint" * 64)
+    start = time.monotonic()
+    one_line_error(run("convert", str(junk), *TINY), "not a readable PyTorch checkpoint")
+    assert seen == {"stopped": True} and time.monotonic() - start < 20

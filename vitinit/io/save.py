@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from vitinit.io.atomic import atomic_path, check_output_path
 from vitinit.io.finite import NonFiniteCheck
 from vitinit.io.lazy import LazyTensor
 from vitinit.io.load import SAFETENSORS_DTYPES
+from vitinit.io.memory import release_free_memory
 from vitinit.io.progress import byte_progress
 
 __all__ = [
@@ -52,13 +54,20 @@ def check_container_suffix(path: str | Path, container: str) -> Path:
     return path
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, read into one reused buffer (no new allocation per chunk)."""
+class HashCancelled(Exception):
+    """:func:`sha256_file` was asked to stop (its caller failed and no longer needs the hash)."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20, *, cancel: threading.Event | None = None) -> str:
+    """sha256 of a file, read into one reused buffer (no new allocation per chunk); ``cancel`` set stops
+    it between two chunks."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
+            if cancel is not None and cancel.is_set():
+                raise HashCancelled(str(path))
             h.update(view[:n])
     return h.hexdigest()
 
@@ -212,6 +221,7 @@ def _write_with_late_metadata(
 
 
 def _loaded_bytes(name: str, declared: LazyTensor, finite: NonFiniteCheck) -> memoryview:
+    release_free_memory()  # the previous tensor's pages go back before this one is read (vitinit.io.memory)
     tensor = declared.load()
     if tensor.dtype != declared.dtype:
         raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
