@@ -15,13 +15,14 @@ ViT-L/16 (1.2 GB) and ViT-H/14 (2.5 GB). Then, for each, it runs in a fresh subp
               with ``open_checkpoint`` and ``write_safetensors`` (the table says which ran).
 
 Measured per run: the whole process's wall time (interpreter, imports and teardown included), the work's
-wall time inside the process, and peak RSS above the idle interpreter (VmHWM after the work minus VmRSS after
-the imports; the peak is reset after the imports). The file is in the page cache for every run (it was just
-written), so all three read from memory; dirty pages are flushed (``sync``) before each run so that no run
-pays for the previous one's writeback. Runs are interleaved (sha256, copy, naive, vitinit, sha256, ...) and
-the medians are compared. Targets: memory ≤ 1/20 of naive; time ≤ 1/2 of naive, ≤ 2× the copy and (work
-only) ≤ 1.2× the sha256 pass; judged on the whole process and on the work alone (the machine is shared and
-noisy: compare ratios within a run).
+wall time inside the process and its CPU time (all threads: on a loaded machine the wall time of a
+multi-threaded run says more about the neighbours than about the run), and peak RSS above the idle
+interpreter (VmHWM after the work minus VmRSS after the imports; the peak is reset after the imports). The
+file is in the page cache for every run (it was just written), so all of them read from memory; dirty
+pages are flushed (``sync``) before each run so that no run pays for the previous one's writeback. Runs
+are interleaved (sha256, copy, naive, vitinit, sha256, ...) and the medians are compared. Targets: memory
+≤ 1/20 of naive; time ≤ 1/2 of naive, ≤ 2× the copy and (work only) ≤ 1.2× the sha256 pass; judged on
+the whole process and on the work alone (the machine is shared and noisy: compare ratios within a run).
 
     python benchmarks/convert.py                  # ViT-L and ViT-H, 3 rounds (a few minutes, ~8 GB disk)
     python benchmarks/convert.py --quick          # ViT-S-sized checkpoint, 1 round (seconds)
@@ -165,7 +166,7 @@ def worker(mode: str, src: Path, dst: Path, size: str) -> None:
             pass
     idle_kib = _status_kib("VmRSS")
     _reset_peak_rss()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     what = mode
     if mode == "make":
         _make_checkpoint(dst, size)
@@ -179,10 +180,10 @@ def worker(mode: str, src: Path, dst: Path, size: str) -> None:
         _naive(src, dst, size)
     else:
         what = _vitinit(src, dst, size)
-    work_s = time.perf_counter() - start
+    work_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     peak_kib = _status_kib("VmHWM")
-    print(json.dumps({"work_s": work_s, "idle_mib": idle_kib / 1024, "peak_mib": (peak_kib - idle_kib) / 1024,
-                      "what": what}))
+    print(json.dumps({"work_s": work_s, "cpu_s": cpu_s, "idle_mib": idle_kib / 1024,
+                      "peak_mib": (peak_kib - idle_kib) / 1024, "what": what}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,26 +219,29 @@ def benchmark(size: str, folder: Path, rounds: int, console) -> dict[str, list[d
             results[mode].append(res)
             console.print(
                 f"  round {r + 1} {mode:8s} whole {res['whole_s']:6.2f} s  work {res['work_s']:6.2f} s  "
-                f"peak {res['peak_mib']:8.1f} MiB above idle"
+                f"(CPU {res['cpu_s']:6.2f} s)  peak {res['peak_mib']:8.1f} MiB above idle"
             )
     src.unlink()
     return results
+
+
+_MEASURED = ("whole_s", "work_s", "cpu_s", "peak_mib")
 
 
 def report(all_results: dict[str, dict[str, list[dict]]], console) -> None:
     from rich.table import Table
 
     med = {
-        size: {m: {k: statistics.median(r[k] for r in runs) for k in ("whole_s", "work_s", "peak_mib")}
+        size: {m: {k: statistics.median(r[k] for r in runs) for k in _MEASURED}
                for m, runs in res.items()}
         for size, res in all_results.items()
     }
     table = Table(title="Checkpoint conversion (medians; peak RSS above the idle interpreter)")
-    for col in ("size", "run", "whole process s", "work s", "peak MiB"):
+    for col in ("size", "run", "whole process s", "work s", "work CPU s (all threads)", "peak MiB"):
         table.add_column(col, justify="right" if col not in ("size", "run") else "left")
     for size, rows in med.items():
         for mode, row in rows.items():
-            cells = (f"{row['whole_s']:.2f}", f"{row['work_s']:.2f}", f"{row['peak_mib']:.0f}")
+            cells = (*(f"{row[k]:.2f}" for k in ("whole_s", "work_s", "cpu_s")), f"{row['peak_mib']:.0f}")
             table.add_row(size, mode, *cells)
     console.print(table)
 

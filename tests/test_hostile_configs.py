@@ -321,3 +321,16 @@ def test_a_failed_conversion_stops_hashing_its_source(tmp_path, monkeypatch):
     start = time.monotonic()
     one_line_error(run("convert", str(junk), *TINY), "not a readable PyTorch checkpoint")
     assert seen == {"stopped": True} and time.monotonic() - start < 20
+
+
+def test_converted_file_with_deep_or_huge_metadata_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    deep = tmp_path / "deep.safetensors"
+    save_file({"w": torch.zeros(2)}, str(deep), metadata={"format": "vitinit.vitdet", "backbone_config": "{}",
+                                                          "provenance": "[" * 100_000 + "]" * 100_000})
+    one_line_error(run("publish", str(deep), "--repo", "me/x", "--dry-run"), "unreadable vitdet metadata")
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "x" * 1_000_000})
+    line = one_line_error(run("publish", str(other), "--repo", "me/x", "--dry-run"), "is not a converted")
+    assert len(line) < 700
