@@ -81,6 +81,7 @@ def test_timm_model_args_of_the_wrong_type_or_value_are_refused(made, tmp_path, 
 
 
 def test_timm_huge_depth_is_refused_before_building_anything(made, tmp_path):
+    """Before: a huge depth reached timm (GBs, or the catch-all)."""
     cfg = json.loads((made["timm"] / "config.json").read_text())
     bad = _copy(made["timm"], tmp_path / "deep", model_args={**cfg["model_args"], "depth": 10**9})
     with pytest.raises(CheckpointFormatError, match="depth must be an integer from 1 to 256"):
@@ -102,12 +103,14 @@ def test_timm_huge_depth_is_refused_before_building_anything(made, tmp_path):
     ],
 )
 def test_transformers_config_contradicting_the_tensors_is_refused(made, tmp_path, key, value, message):
+    """Before: the config's head count was used as is; an impossible eps or a string crashed."""
     bad = _copy(made["vit"], tmp_path / "bad", **{key: value})
     with pytest.raises((CheckpointFormatError, SpecMismatchError), match=re.escape(message)):
         read_checkpoint(bad)
 
 
 def test_transformers_heads_contradicting_num_heads_is_refused(made):
+    """Before: --num-heads silently won over config.json."""
     with pytest.raises(SpecMismatchError, match="--num-heads 4 contradicts"):
         read_checkpoint(made["vit"], num_heads=4)
     assert read_checkpoint(made["vit"], num_heads=mf.HEADS).spec.num_heads == mf.HEADS
@@ -122,6 +125,7 @@ def test_model_type_contradicting_the_keys_is_refused(made, tmp_path):
 
 
 def test_dinov2_chunk_holding_a_block_twice_is_refused(tmp_path):
+    """Before: the last copy silently won."""
     src = tmp_path / "chunked.pth"
     mn.dinov2_official(src, chunks=2)
     sd = torch.load(src, weights_only=True)
@@ -151,6 +155,7 @@ def test_tar_archive_of_checkpoints_is_refused(made, tmp_path):
      ("12", "--patch-size 12 does not divide --size 64")],
 )
 def test_patch_size_is_validated_before_reading_anything(tmp_path, patch, message):
+    """Before: 0 was ignored, 10000 tried to allocate 78 GB."""
     missing = tmp_path / "not-there.pth"  # never opened: the options fail first
     one_line_error(run("convert", str(missing), "--patch-size", patch, *TINY), message)
 
@@ -161,6 +166,7 @@ def test_patch_size_is_validated_before_reading_anything(tmp_path, patch, messag
 
 
 def test_huge_config_json_is_refused_before_reading(made, tmp_path):
+    """Before: a 1 GiB config.json was read whole (2.5 GB of RSS)."""
     bad = _copy(made["vit"], tmp_path / "big")
     with open(bad / "config.json", "r+b") as f:
         f.truncate(1 << 30)  # sparse: a 1 GiB config.json that costs no disk
@@ -182,6 +188,7 @@ def _results_run(tmp_path, text: str) -> RunFolder:
     ids=["deep", "long-number"],
 )
 def test_results_json_nesting_and_numbers_are_bounded(tmp_path, text, message):
+    """Before: both reached the catch-all (RecursionError, int conversion limit)."""
     folder = _results_run(tmp_path, text)
     with pytest.raises(RunFolderError, match=message):
         folder.read_results()
@@ -189,6 +196,7 @@ def test_results_json_nesting_and_numbers_are_bounded(tmp_path, text, message):
 
 
 def test_metrics_line_is_read_with_a_cap(tmp_path, caplog):
+    """Before: the file was read whole (a 1 GiB line cost 2.5 GB of RSS)."""
     path = tmp_path / "metrics.jsonl"
     with open(path, "w") as f:
         f.write('{"iter": 1}\n')
@@ -199,6 +207,7 @@ def test_metrics_line_is_read_with_a_cap(tmp_path, caplog):
 
 
 def test_recipe_file_is_capped(tmp_path):
+    """Before: any size was parsed."""
     big = tmp_path / "big.yaml"
     big.write_text("_base_: demo.yaml\n# " + "x" * (2 << 20) + "\n")
     one_line_error(run("bench", str(big), "--dry-run"), "is over 1024 KiB")
@@ -229,10 +238,13 @@ def test_error_lines_quote_user_values_cut_short(made, tmp_path):
      ("model.backbone.embed_dim=1000000", "model.backbone.embed_dim must be from 1 to 16384")],
 )
 def test_overrides_out_of_representable_range_fail_at_dry_run(override, message):
+    """Before: accepted at --dry-run; lr=1e400 (inf) stopped training at iteration 0, img_size=1e6
+    asked for 1.5 TB."""
     one_line_error(run("bench", "demo", "--dry-run", override), message)
 
 
 def test_resume_with_a_checkpoint_of_another_model_is_refused_before_any_change(tmp_path):
+    """Before: the run folder was rewritten, then loading failed half-way (the catch-all)."""
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()
     micro = ["model.img_size=64", "model.window_size=2", "data.synthetic.num_train=4",
@@ -255,6 +267,7 @@ def test_resume_with_a_checkpoint_of_another_model_is_refused_before_any_change(
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_symlink_loop_is_one_line(made, tmp_path, overwrite):
+    """Before: a misleading "created by another process", or the link replaced."""
     loop = tmp_path / "loop.safetensors"
     loop.symlink_to(loop.name)
     args = ["convert", str(made["mae"]), "--num-heads", "2", *TINY, "-o", str(loop)]
