@@ -18,7 +18,7 @@ from vitinit.recipes.schema import MISSING, Recipe
 
 from vitinit.errors import ConfigError, quote
 from vitinit.modeling.vit import ViTBackboneConfig
-from vitinit.normalize.bounds import VIT_SIZE_BOUNDS
+from vitinit.variants import VIT_SIZE_BOUNDS
 
 
 class _Mismatch(Exception):

@@ -17,12 +17,13 @@ from typing import Any
 
 from vitinit.canonical import TensorMap
 from vitinit.errors import CheckpointFormatError, SpecMismatchError, quote
+from vitinit.variants import VIT_SIZE_BOUNDS
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
-# Plausible ranges of a ViT's sizes (the largest released ViTs: width 6144, depth 80; patch 8..32).
-SIZE_BOUNDS = {"width": (1, 16384), "depth": (1, 256), "patch": (1, 64), "heads": (1, 1024),
-               "mlp": (1, 65536)}
+# The sizes' plausible ranges, by this module's names for them.
+SIZE_BOUNDS = {name: VIT_SIZE_BOUNDS[key] for name, key in (("width", "embed_dim"), ("depth", "depth"),
+               ("patch", "patch_size"), ("heads", "num_heads"), ("mlp", "mlp_hidden_dim"))}
 
 
 def config_int(cfg: Mapping[str, Any], key: str, *, what: str, bound: str, where: str) -> int | None:

@@ -9,14 +9,11 @@ only multiplies the patch embedding's memory (``--patch-size 10000`` asked for 7
 from __future__ import annotations
 
 from vitinit.errors import ConfigError, quote
+from vitinit.variants import VIT_SIZE_BOUNDS
 
 MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 4096
-MIN_PATCH, MAX_PATCH = 2, 64
+MIN_PATCH, MAX_PATCH = VIT_SIZE_BOUNDS["patch_size"]
 MAX_WINDOW = 256  # tokens per window side: a 4096-px input at patch 16
-# A ViT's own sizes (the largest released ViTs: width 6144, depth 80, 64 heads), as the recipe's
-# model.backbone and a checkpoint folder's config may state them.
-VIT_SIZE_BOUNDS = {"embed_dim": (1, 16384), "depth": (1, 256), "num_heads": (1, 1024),
-                   "patch_size": (MIN_PATCH, MAX_PATCH)}
 
 
 def _int_in(value: object, lo: int, hi: int, name: str) -> int:
