@@ -68,7 +68,12 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+MAX_ERROR_CHARS = 600  # an error line stays readable even when it repeats a huge user value
+
+
 def _fail(message: str) -> None:
+    if len(message) > MAX_ERROR_CHARS:  # the start says what failed, the end often what to do
+        message = f"{message[:400]} … ({len(message)} characters) … {message[-150:]}"
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1) from None
 

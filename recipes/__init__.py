@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -25,9 +26,32 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from vitinit.recipes.check import check_recipe, parse_recipe
 
-from vitinit.errors import ConfigError
+from vitinit.errors import ConfigError, first_line, quote
 
 BASE_KEY = "_base_"
+MAX_RECIPE_BYTES = 1 << 20
+# OmegaConf resolvers, ${name:args} (oc.env reads the environment, oc.create builds nodes...): a recipe is
+# declarative data, so only plain ${key.path} interpolation is allowed.
+_RESOLVER = re.compile(r"\$\{[^}]*:")
+
+
+def refuse_resolvers(tree: Any, where: str) -> None:
+    """:class:`ConfigError` when any string in ``tree`` (a recipe as unresolved data, or an override)
+    calls a resolver: ``${oc.env:HF_TOKEN}`` in a recipe would put a secret in ``--dry-run``'s output and
+    the run folder."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and _RESOLVER.search(node):
+            found = _RESOLVER.search(node).group(0)
+            raise ConfigError(
+                f"{where}: {quote(found + '…')} calls an OmegaConf resolver; recipes are plain data (only "
+                "${key} interpolation; the datasets root has data.root and $VITINIT_DATASETS)"
+            )
 
 
 def _package_dir() -> Path:
@@ -58,6 +82,8 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"recipe {path.name} includes itself through _base_")
+    if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe {path} is over {MAX_RECIPE_BYTES >> 10} KiB; recipes are short YAML files")
     try:
         cfg = OmegaConf.load(path)
     except (OmegaConfBaseException, OSError, ValueError) as e:  # yaml errors subclass ValueError-ish types
@@ -66,6 +92,7 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    refuse_resolvers(OmegaConf.to_container(cfg, resolve=False), f"recipe {path.name}")
     bases = cfg.pop(BASE_KEY, None)
     if bases is None:
         return cfg
@@ -90,11 +117,14 @@ def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     cfg.name = path.stem
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad[0]!r}")
-    try:
-        cfg.merge_with_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"bad override: {' '.join(str(e).split()[:12])}") from None
+        raise ConfigError(f"overrides must look like key=value, got {quote(bad[0])}")
+    for o in overrides:  # one by one, so that an error names the override it is about
+        refuse_resolvers(o, f"override {quote(o)}")
+        try:
+            cfg.merge_with_dotlist([o])
+        except (OmegaConfBaseException, ValueError) as e:  # ValueError: an integer of over 4300 digits
+            why = first_line(" ".join(str(e).split()[:12]))
+            raise ConfigError(f"bad override {quote(o)}: {why}") from None
     check_recipe(_resolved(cfg))
     return derive_schedule(cfg)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Any, Union
 
 from vitinit.recipes.schema import MISSING, Recipe
 
-from vitinit.errors import ConfigError
+from vitinit.errors import ConfigError, quote
 from vitinit.modeling.vit import ViTBackboneConfig
+from vitinit.variants import VIT_SIZE_BOUNDS
 
 
 class _Mismatch(Exception):
@@ -108,7 +110,7 @@ def _check_field(key: str, value: Any, tp: Any, meta: dict) -> None:
     except _Mismatch:
         bound = _bound(meta)
         what = _describe(tp, meta["choices"]) + (f" ({bound})" if bound else "")
-        raise ConfigError(f"{key} must be {what}, got {value!r}") from None
+        raise ConfigError(f"{key} must be {what}, got {quote(value)}") from None
     if isinstance(value, str) and meta["choices"] and value not in meta["choices"]:
         hint = difflib.get_close_matches(value, [str(c) for c in meta["choices"]], n=1)
         also = " or a list of integers" if tp is not str else ""
@@ -116,9 +118,17 @@ def _check_field(key: str, value: Any, tp: Any, meta: dict) -> None:
             f"{key} must be one of {', '.join(map(str, meta['choices']))}{also}, got {value!r}"
             + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
+    if any(not _representable(v) for v in _numbers(value)):
+        raise ConfigError(f"{key} must be a finite number of at most 15 digits, got {quote(value)}")
     bad = [v for v in _numbers(value) if not _in_range(v, meta)]
     if bad:
-        raise ConfigError(f"{key} must be {_bound(meta)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_bound(meta)}, got {quote(value)}")
+
+
+def _representable(v: float) -> bool:
+    """Finite (``1e400`` parses as inf) and exactly representable as a float (``train.seed`` with 32 nines
+    would overflow every generator), so the value a run uses is the value the recipe shows."""
+    return math.isfinite(v) and abs(v) < 1e15
 
 
 def _in_range(v: float, meta: dict) -> bool:
@@ -197,6 +207,10 @@ def check_recipe(tree: dict) -> None:
     _check_mapping("", tree, Recipe)
     recipe = _build(Recipe, tree)
     m, w = recipe.model, recipe.weights
+    for name, (lo, hi) in VIT_SIZE_BOUNDS.items():
+        value = m.backbone.get(name)
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"model.backbone.{name} must be from {lo} to {hi}, got {quote(value)}")
     if w.init == "random" and not w.source:  # a fresh ViT: model.backbone is its size
         missing = [k for k in ("embed_dim", "depth", "num_heads") if k not in m.backbone]
         if m.variant == "custom" and missing:

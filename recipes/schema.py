@@ -29,11 +29,15 @@ from vitinit.families import FAMILIES
 from vitinit.modeling.mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, NORMS, MaskRCNNConfig
 from vitinit.modeling.pyramid import PYRAMIDS
 from vitinit.modeling.vit import REL_POS_STYLES, ViTBackboneConfig
+from vitinit.normalize.bounds import MAX_IMG_SIZE, MAX_WINDOW, MIN_IMG_SIZE
 from vitinit.normalize.options import LAYER_SCALE_MODES
 from vitinit.variants import VIT_VARIANTS
 
 INITS = FAMILIES
 MISSING = "???"  # OmegaConf's mark of a value a child recipe must set
+# Seeds fit every generator a run seeds (numpy's take < 2**32) with room for the rank each process adds.
+MAX_SEED = 2**31 - 1
+MAX_BATCH = 1 << 16  # images per iteration; the paper's 64, the largest published ViTDet runs 256
 
 
 def knob(
@@ -123,8 +127,10 @@ class Model:
         " (ViTBackboneConfig fields)",
         free=backbone_fields,
     )
-    img_size: int = knob("input side; the abs pos embedding is resized to it", min=16)
-    window_size: int = knob("side of the attention windows, in tokens", min=1)
+    img_size: int = knob(
+        "input side; the abs pos embedding is resized to it", min=MIN_IMG_SIZE, max=MAX_IMG_SIZE
+    )
+    window_size: int = knob("side of the attention windows, in tokens", min=1, max=MAX_WINDOW)
     global_blocks: str | list[int] = knob(
         "global-attention blocks: quarter (last of each quarter), none, all, or indexes",
         choices=("quarter", "none", "all"),
@@ -146,7 +152,7 @@ class Model:
         choices=("auto", "pretrained", "zero", "none"),
     )
     pyramid: str = knob("feature pyramid from the ViT", choices=PYRAMIDS)
-    fpn_channels: int = knob("FPN width", min=1)
+    fpn_channels: int = knob("FPN width", min=1, max=4096)
     norm: str = knob("norm in the FPN and heads", choices=NORMS)
     pixel_mean: tuple[float, float, float] | None = knob(
         "RGB mean, 0..1 scale; null = the mean the weights record (their source's), else ImageNet's"
@@ -161,7 +167,7 @@ class Model:
 class Weights:
     init: str = knob("pre-training of the backbone weights", choices=INITS)
     source: str | None = knob("null = the official checkpoint; a path; hf://ORG/REPO[/FILE]")
-    seed: int = knob("seed of freshly initialized tensors")
+    seed: int = knob("seed of freshly initialized tensors", min=0, max=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,7 @@ class Data:
     train: Split = knob("training split")
     val: Split = knob("validation split")
     synthetic: dict = knob("generated shapes dataset (SyntheticSpec fields)", free=synthetic_fields)
-    image_size: int = knob("LSJ target and test-time longest side", min=16)
+    image_size: int = knob("LSJ target and test-time longest side", min=MIN_IMG_SIZE, max=MAX_IMG_SIZE)
     scale_range: tuple[float, float] = knob("LSJ resize range, as fractions of image_size", above=0.0)
     flip: bool = knob("random horizontal flip in training")
     num_workers: int = knob("training data-loader processes", min=0)
@@ -211,7 +217,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Train:
-    batch_size: int = knob("images per iteration, over all processes", min=1)
+    batch_size: int = knob("images per iteration, over all processes", min=1, max=MAX_BATCH)
     images_per_gpu: int | None = knob(
         "images per forward on each process (gradient accumulation); null = as many as fit", min=1
     )
@@ -220,7 +226,7 @@ class Train:
         choices=("auto", "bf16", "fp16", "none"),
     )
     grad_compression: str = knob("DDP gradient all-reduce compression", choices=("none", "bf16", "fp16"))
-    seed: int = knob("training seed (each rank adds its rank)")
+    seed: int = knob("training seed (each rank adds its rank)", min=0, max=MAX_SEED)
     checkpoint_period: int = knob("iterations between checkpoints (one at the end too); 0 = end only", min=0)
     log_period: int = knob("iterations between metrics.jsonl lines", min=1)
     device: str = knob("where to train", choices=("auto", "cpu", "cuda"))

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _hostile import one_line_error, run
 from fixtures import make_fixtures as mf
-from typer.testing import CliRunner
-from vitinit_cli.main import app
 
 import vitinit.io.atomic as atomic
 import vitinit.io.zip_checks as zip_checks
@@ -36,7 +35,6 @@ from vitinit.io.load import open_checkpoint
 from vitinit.io.save import sha256_file, write_safetensors
 from vitinit.targets.vitdet import read_vitdet
 
-runner = CliRunner()
 TINY = ("--num-heads", "2", "--size", "64", "--window-size", "4")
 
 
@@ -47,16 +45,6 @@ def mae(tmp_path_factory) -> Path:
     return path
 
 
-def run(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def one_line_error(result, contains: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert contains in lines[0], lines[0]
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -478,9 +466,10 @@ def test_a_bug_is_one_line_without_v_and_a_traceback_with_v(mae, tmp_path, monke
         return 1 / 0
 
     monkeypatch.setattr("vitinit.convert.convert", buggy)
-    line = one_line_error(run("convert", str(mae), "-o", str(tmp_path / "o.safetensors")), "internal error")
+    line = one_line_error(run("convert", str(mae), "-o", str(tmp_path / "o.safetensors"), bug=True),
+                          "internal error")
     assert "ZeroDivisionError" in line and "rerun with -v" in line
-    res = run("convert", str(mae), "-o", str(tmp_path / "o.safetensors"), "-v")
+    res = run("convert", str(mae), "-o", str(tmp_path / "o.safetensors"), "-v", bug=True)
     assert isinstance(res.exception, ZeroDivisionError)
 
 

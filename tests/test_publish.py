@@ -16,10 +16,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _hostile import silent_server
 from safetensors.torch import save_file
 
 from vitinit.errors import CheckpointFormatError, ConfigError
@@ -201,6 +203,20 @@ def test_rejected_token_is_one_line_and_masked(tmp_path, hf_env, monkeypatch):
         publish(write_vitdet(tmp_path / "w.safetensors"), "me/x")
     assert "\n" not in str(err.value) and "hf_WrongToken" not in str(err.value)
     assert hf_env.hub["requests"][0]["path"] == "/api/repos/create"
+
+
+def test_hub_that_never_answers_fails_in_bounded_time(tmp_path, hf_env, monkeypatch):
+    """Before: ``publish`` to a server that accepts and never answers hung forever."""
+    monkeypatch.setenv("VITINIT_HUB_TIMEOUT", "0.3")
+    monkeypatch.setenv("VITINIT_HUB_ATTEMPTS", "2")
+    weights = write_vitdet(tmp_path / "w.safetensors")
+    with silent_server() as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        start = time.monotonic()
+        with pytest.raises(PublishError, match="127.0.0.1 did not answer within 0.3 s") as err:
+            publish(weights, "me/x")
+        assert time.monotonic() - start < 20
+    assert TOKEN not in str(err.value) and "\n" not in str(err.value)
 
 
 def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

@@ -18,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _hostile import silent_server
 
 from vitinit.errors import DownloadError
-from vitinit.io import registry
+from vitinit.io import hub_http, registry
 from vitinit.io.registry import OFFICIAL_CHECKPOINTS, OfficialCheckpoint
 from vitinit.io.remote import parse_hf_uri, resolve_source
 
@@ -243,6 +244,7 @@ def fake_hub():
         return 404, b"", {}
 
     srv = _Server(routes)
+    srv.repos = repos
     yield srv
     srv.close()
 
@@ -290,3 +292,34 @@ def test_parse_hf_uri():
     assert parse_hf_uri("hf://org/repo/sub/dir/w.safetensors") == ("org/repo", "sub/dir/w.safetensors")
     with pytest.raises(DownloadError):
         parse_hf_uri("hf://just-a-name")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bounded hub calls (issue 17): a server that never answers, an answer too big
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["hf://org/vit/model.safetensors", "hf://org/vit"], ids=["file", "repo"])
+def test_hub_that_never_answers_fails_in_bounded_time_naming_the_host(tmp_path, monkeypatch, uri):
+    """Before: ``convert hf://…`` hung forever (huggingface_hub's API calls have no timeout)."""
+    monkeypatch.setenv("VITINIT_HUB_TIMEOUT", "0.3")
+    monkeypatch.setenv("VITINIT_HUB_ATTEMPTS", "2")
+    with silent_server() as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        start = time.monotonic()
+        with pytest.raises(DownloadError) as e:
+            resolve_source(uri, family="auto", cache_dir=tmp_path)
+        took = time.monotonic() - start
+    msg = str(e.value)
+    assert "127.0.0.1 did not answer within 0.3 s" in msg and "not found" not in msg, msg
+    assert took < 15, took
+
+
+def test_hub_answer_too_big_is_refused(tmp_path, monkeypatch, fake_hub):
+    """Before: a 1 GiB API answer was read whole (2.6 GB of RSS)."""
+    monkeypatch.setattr(hub_http, "MAX_API_BODY", 1 << 10)  # the fake hub's file tree is ~300 bytes ...
+    big = {"org/vit": {"config.json": b"{}", **{f"f{i}.json": b"{}" for i in range(40)}}}  # ... this, 2 KB
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    fake_hub.repos.update(big)
+    with pytest.raises(DownloadError, match=r"127.0.0.1 (announced an answer|sent an answer over)"):
+        resolve_source("hf://org/vit", family="auto", cache_dir=tmp_path)

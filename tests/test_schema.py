@@ -131,6 +131,7 @@ def test_list_keys_prints_every_knob_with_type_and_value():
         assert k.key in r.output
     keys = {k.key: k for k in knobs}
     assert keys["train.grad_compression"].type == "one of none, bf16, fp16"
-    assert keys["train.batch_size"].type == "an integer, ≥ 1" and keys["train.batch_size"].value == 4
+    assert keys["train.batch_size"].type == "an integer, ≥ 1 and ≤ 65536"
+    assert keys["train.batch_size"].value == 4
     assert keys["model.detector.box_head_fc"].value == 256  # set by demo.yaml
     assert keys["model.detector.rpn_nms_thresh"].help.endswith("its default")  # MaskRCNNConfig's own default

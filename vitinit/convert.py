@@ -9,6 +9,7 @@ atomically, so a failure leaves neither a partial output nor a changed source.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,17 @@ def _check_options(family: str, target: str, **modes: str) -> None:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def local_source(
+    source: str | Path | None, *, family: str, model: str | None, progress: bool = False
+) -> str | Path | None:
+    """``source`` as a local path: downloaded first when remote or omitted (None only for random)."""
+    if family != "random" and (source is None or "://" in str(source)):
+        from vitinit.io.remote import resolve_source  # lazy: network machinery only when needed
+
+        return resolve_source(source, family=family, model=model or "vit-b", progress=progress)
+    return source
+
+
 def load_source(
     source: str | Path | None,
     *,
@@ -76,10 +88,7 @@ def load_source(
     progress: bool = False,
 ) -> Checkpoint:
     """Resolve ``source`` (local path, ``hf://``/``https://`` or None = the official release) and read it."""
-    if family != "random" and (source is None or "://" in str(source)):
-        from vitinit.io.remote import resolve_source  # lazy: network machinery only when needed
-
-        source = resolve_source(source, family=family, model=model or "vit-b", progress=progress)
+    source = local_source(source, family=family, model=model, progress=progress)
     return read_checkpoint(
         source, family=family, model=model, num_heads=num_heads, seed=seed, hash_source=hash_source
     )
@@ -156,33 +165,27 @@ def convert(
     if output is not None:  # claim the path before reading a multi-GB source
         check_output_path(output, overwrite=overwrite)
     writer = TARGETS[target]
-    # A streaming target's source is hashed by a second thread while the output is written (the hash only
-    # lands in the header, rewritten at the end); the others need it before writing.
+    # A streaming target's source is hashed by a second thread from the moment its local path is known,
+    # while it is parsed and the output written (the hash only lands in the header, rewritten at the end);
+    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py.
     hash_later = writer.streams and family != "random"
-    normalized = normalize_source(
-        source, family=family, target=target, options=options, model=model, num_heads=num_heads,
-        hash_source=not hash_later,
-    )
-    prov, spec = normalized.provenance, normalized.spec
-    out = Path(output) if output is not None else Path(default_output_name(prov.family, spec, target, size))
-    check_output_path(out, overwrite=overwrite)
-    pth_out = out.with_suffix(".pth") if pth and target == "vitdet" else None
-    if pth_out is not None:
-        if pth_out == out:
-            raise ConfigError(f"--pth needs an output name not ending in .pth, got {out}")
-        check_output_path(pth_out, overwrite=overwrite)
-    _refuse_writing_over_source(prov.source, [out, pth_out])
-
+    source = local_source(source, family=family, model=model, progress=progress)
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
-        source_hash = pool.submit(source_sha256, prov.source) if hash_later else None
+        source_hash = pool.submit(source_sha256, source, cancel=stop) if hash_later and source else None
         try:
+            normalized = normalize_source(
+                source, family=family, target=target, options=options, model=model, num_heads=num_heads,
+                hash_source=not hash_later,
+            )
+            out, pth_out = _claim_outputs(normalized, output, target, size, pth=pth, overwrite=overwrite)
             sha = writer.write(
                 out, normalized, overwrite=overwrite, progress=progress,
                 source_sha256=source_hash.result if source_hash else None,
             )
         finally:
-            if source_hash is not None:
-                source_hash.cancel()
+            stop.set()  # an error before the hash was used: stop reading the source at once
+    prov, spec = normalized.provenance, normalized.spec
     result = ConvertResult(
         out, sha, normalized.provenance.to_dict(), prov.family, target, spec, config=normalized.config
     )
@@ -195,6 +198,23 @@ def convert(
         result.pth_path = pth_out
     result.actions = summarize(result.provenance)
     return result
+
+
+def _claim_outputs(
+    normalized: Normalized, output: str | Path | None, target: str, size: int, *, pth: bool, overwrite: bool
+) -> tuple[Path, Path | None]:
+    """The output path (and the ``.pth`` copy's), checked free and distinct from the source."""
+    prov = normalized.provenance
+    out = Path(output) if output is not None else Path(default_output_name(prov.family, normalized.spec,
+                                                                           target, size))
+    check_output_path(out, overwrite=overwrite)
+    pth_out = out.with_suffix(".pth") if pth and target == "vitdet" else None
+    if pth_out is not None:
+        if pth_out == out:
+            raise ConfigError(f"--pth needs an output name not ending in .pth, got {out}")
+        check_output_path(pth_out, overwrite=overwrite)
+    _refuse_writing_over_source(prov.source, [out, pth_out])
+    return out, pth_out
 
 
 def _refuse_writing_over_source(source: str | None, outputs: list[Path | None]) -> None:

@@ -63,3 +63,15 @@ def first_line(e: BaseException | str, limit: int | None = 200) -> str:
     lines = [" ".join(ln.split()) for ln in str(e).splitlines() if ln.strip()]
     text = lines[0] if lines else ""
     return (text[:limit] if limit else text) or type(e).__name__
+
+
+QUOTE_LIMIT = 80  # characters of a user value an error line repeats
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error lines that repeat what the user gave: a 10 MB
+    architecture name or a 120 KB override is shown by its start and its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -69,3 +69,9 @@ def check_variant(requested: str | None, embed_dim: int, depth: int) -> ViTVaria
             + (f" ({found.name})" if found else "")
         )
     return want
+
+
+# Plausible ranges of a ViT's sizes, as a recipe's model.backbone or a checkpoint folder's config may state
+# them (the largest released ViTs: width 6144, depth 80, 64 heads; patches 8 to 32).
+VIT_SIZE_BOUNDS = {"embed_dim": (1, 16384), "depth": (1, 256), "num_heads": (1, 1024), "patch_size": (2, 64),
+                   "mlp_hidden_dim": (1, 65536)}

@@ -57,7 +57,7 @@ def _tidecv():
 
 def _check_ground_truth(gt_json: Path) -> int:
     """The number of non-crowd objects; raises when there is nothing to analyse."""
-    gt = read_json(gt_json, error=DatasetError, what="ground-truth annotations")
+    gt = read_json(gt_json, error=DatasetError, what="ground-truth annotations", max_bytes=None)
     anns = gt.get("annotations") if isinstance(gt, dict) else None
     objects = sum(1 for a in anns or () if not a.get("iscrowd", 0))
     if not objects:
@@ -100,7 +100,7 @@ def tide_errors(gt_json: str | Path, detections_json: str | Path, *, mode: Mode 
     if mode not in ("bbox", "segm"):
         raise ValueError(f"mode must be 'bbox' or 'segm', got {mode!r}")
     objects = _check_ground_truth(gt_json)
-    detections = read_json(detections_json, error=DatasetError, what="detections")
+    detections = read_json(detections_json, error=DatasetError, what="detections", max_bytes=None)
     if not isinstance(detections, list):
         raise DatasetError(f"{detections_json} is not a COCO results list")
     if not detections:

@@ -21,6 +21,7 @@ from vitinit.data.coco import CocoDetection, coco2017_split, collate, datasets_r
 from vitinit.data.transforms import lsj_transform, test_transform
 from vitinit.engine import distributed as du
 from vitinit.engine import hooks as H
+from vitinit.engine.checkpoint import check_same_model
 from vitinit.engine.optim import build_optimizer
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
@@ -142,6 +143,10 @@ def _train(
     # RPN/RoI sampling, as detectron2 seeds seed + rank.
     du.seed_everything(seed)
     folder = RunFolder(run_dir)
+    resumed = H.restore_rng(folder.load_checkpoint()) if resume else None
+    if resumed is not None:  # another size or recipe: refused before anything in the folder changes
+        run = f"the run's recipe {recipe['name']} ({recipe['model']['variant']})"
+        check_same_model(resumed, model, checkpoint=folder.last_checkpoint, run=run)
     if main:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_weights(provenance)
@@ -210,8 +215,8 @@ def _train(
             H.Progress(lr_hook=lr_hook, enabled=progress, description=recipe["name"]),
         ],
     )
-    if resume:
-        trainer.load_state_dict(H.restore_rng(folder.load_checkpoint()))
+    if resumed is not None:
+        trainer.load_state_dict(resumed)
         log.info("resuming %s at iteration %d", run_dir, trainer.start_iter)
     trainer.data = _train_loader(data.train, recipe, trainer.start_iter, rank, world, accumulation)
     try:

@@ -73,7 +73,9 @@ def coco2017_split(split: str, root: str | Path | None = None) -> CocoSplit:
 def load_coco_json(path: str | Path) -> COCO:
     """pycocotools' index of an instances JSON, with one-line errors for a missing or malformed file."""
     path = Path(path)
-    data = read_json(path, error=DatasetError, what="annotation file (a COCO instances JSON)")
+    data = read_json(
+        path, error=DatasetError, what="annotation file (a COCO instances JSON)", max_bytes=None
+    )
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         raise DatasetError(
             f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories'"

@@ -7,6 +7,7 @@ anything (``check_checkpoint`` reads no tensor).
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         cause = " ".join(str(e).split())[:160]
         raise TrainingError(f"checkpoint {path} cannot be read ({cause}); delete it to start over") from None
+
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def describe_model(state: dict[str, Any]) -> str:
+    """A model's size as its state dict shows it: ``ViT width 768, depth 12`` (or its tensor count)."""
+    width = next((tuple(t.shape)[0] for k, t in state.items() if k.endswith("patch_embed.proj.weight")), None)
+    blocks = {int(m.group(1)) for k in state if (m := _BLOCK.search(k))}
+    if width is None or not blocks:
+        return f"{len(state)} tensors"
+    return f"ViT width {width}, depth {max(blocks) + 1}"
+
+
+def check_same_model(state: dict[str, Any], model: torch.nn.Module, *, checkpoint: Path, run: str) -> None:
+    """Refuse, in one line naming both, a checkpoint whose model is not the one ``run``'s recipe builds
+    (another size, another recipe copied into the folder): loading it would fail half-way, or train on."""
+    saved = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"checkpoint {checkpoint} holds no model state; delete it to start over")
+    own = model.state_dict()
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}
+    wrong = sorted(k for k in own.keys() & shapes.keys() if shapes[k] != tuple(own[k].shape))
+    missing, extra = sorted(own.keys() - shapes.keys()), sorted(shapes.keys() - own.keys())
+    if not (wrong or missing or extra):
+        return
+    if wrong:
+        first = f"{wrong[0]} is {shapes[wrong[0]]} there, {tuple(own[wrong[0]].shape)} here"
+    else:
+        first = f"{(missing or extra)[0]} is {'missing there' if missing else 'not in this model'}"
+    raise TrainingError(
+        f"checkpoint {checkpoint} is of another model ({describe_model(saved)}) than {run} "
+        f"({describe_model(own)}): {first}; resume it with the recipe that wrote it"
+    )

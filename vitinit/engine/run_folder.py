@@ -18,7 +18,6 @@ one-line error naming the file, since a killed job or a full disk leaves exactly
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import yaml
 from vitinit.engine import distributed as du
 from vitinit.engine.checkpoint import check_checkpoint, load_checkpoint
 from vitinit.errors import TrainingError, VitinitError
-from vitinit.io.files import read_json, write_json
+from vitinit.io.files import MAX_JSON_BYTES, MAX_LINE_BYTES, parse_json, read_json, read_lines, write_json
 from vitinit.io.save import atomic_path
 from vitinit.recipes import check_saved_recipe, to_yaml
 
@@ -58,12 +57,15 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in read_lines(path):  # line by line, each capped: one huge line cannot take the memory
+        if line is None:
+            logger.warning("%s:%d is over %d MiB; skipped", path, n, MAX_LINE_BYTES >> 20)
+            continue
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line)
+        except (ValueError, UnicodeDecodeError):
             logger.warning("%s:%d is not JSON; skipped", path, n)
             continue
         if isinstance(record, dict):
@@ -244,9 +246,13 @@ class RunFolder:
             raise RunFolderError(
                 f"{self.path} has no recipe.yaml; is it a folder written by `vitinit bench`?"
             )
+        if self.recipe.stat().st_size > MAX_JSON_BYTES:  # read whole: capped first
+            raise RunFolderError(
+                f"{self.recipe} is over {MAX_JSON_BYTES >> 20} MiB; the run folder is damaged"
+            )
         try:
             tree = yaml.safe_load(self.recipe.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
             raise RunFolderError(
                 f"{self.recipe} is not valid YAML ({' '.join(str(e).split())[:120]})"
             ) from None

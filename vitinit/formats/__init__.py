@@ -18,6 +18,7 @@ produce it must still recognize the file; "it looks like X" names what was seen.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -161,11 +162,12 @@ def read_checkpoint(
     return ckpt
 
 
-def source_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint file, or of the weights file of a transformers / timm / open_clip folder."""
+def source_sha256(path: str | Path, *, cancel: threading.Event | None = None) -> str:
+    """sha256 of a checkpoint file, or of the weights file of a transformers / timm / open_clip folder;
+    ``cancel`` set stops it between two chunks (:class:`~vitinit.io.save.HashCancelled`)."""
     path = Path(path)
     if path.is_dir():
         for name in (*WEIGHT_FILE_NAMES, *OPEN_CLIP_WEIGHT_FILE_NAMES):
             if (path / name).is_file():
-                return sha256_file(path / name)
-    return sha256_file(path)
+                return sha256_file(path / name, cancel=cancel)
+    return sha256_file(path, cancel=cancel)

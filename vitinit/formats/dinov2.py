@@ -36,9 +36,19 @@ _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")
 
 def _state_dict(raw: RawCheckpoint) -> dict:
     sd = state_dict_of(raw, ("model", "teacher"))
-    if any(_CHUNKED.match(k) for k in sd):
-        sd = {_CHUNKED.sub(r"blocks.\1.\2", k): v for k, v in sd.items()}
-    return sd
+    if not any(_CHUNKED.match(k) for k in sd):
+        return sd
+    out: dict = {}
+    for key, value in sd.items():
+        flat = _CHUNKED.sub(r"blocks.\1.\2", key)
+        if flat in out:  # two chunks hold one block: which copy the model used is unknowable
+            first = next(k for k in sd if k != key and _CHUNKED.sub(r"blocks.\1.\2", k) == flat)
+            raise CheckpointFormatError(
+                f"dinov2: {first} and {key} are the same tensor ({flat}) in two block chunks; refusing to "
+                "pick one"
+            )
+        out[flat] = value
+    return out
 
 
 def _layout(sd: dict) -> tuple[str, str] | None:

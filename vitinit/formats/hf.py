@@ -16,6 +16,7 @@ import re
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
+from vitinit.formats._claims import check_claims, config_eps, config_int, heads_from_config, tensor_sizes
 from vitinit.formats._common import (
     DECLARED,
     WHY_DROPPED,
@@ -94,6 +95,16 @@ _DROPS: list[tuple[str, str, str]] = [
 ]
 
 
+# config.json keys that state a size the tensors also have: (key, _claims name, what it is).
+_SIZE_KEYS = (
+    ("hidden_size", "width", "the ViT's width"),
+    ("num_hidden_layers", "depth", "the ViT's depth"),
+    ("patch_size", "patch", "the patch side"),
+    ("intermediate_size", "mlp", "the MLP's width"),
+    ("num_attention_heads", "heads", "the head count"),
+)
+
+
 def _model_type(raw: RawCheckpoint) -> str | None:
     return (raw.config or {}).get("model_type") if raw.container == "hf-folder" else None
 
@@ -164,6 +175,46 @@ def canonical_from_hf(
     return out, dropped
 
 
+# Module names only some model types use: a folder whose keys carry another type's names is mislabelled.
+_DINO, _VIT, _BEIT = (
+    "DINOv2 modules (norm1, mlp.fc1, layer_scale1)",
+    "ViT/BEiT modules (layernorm_before, intermediate.dense)",
+    "BEiT modules (lambda_1, relative_position_bias)",
+)
+_STYLE = {
+    _DINO: re.compile(r"\.(norm[12]|mlp\.fc[12]|layer_scale[12])\."),
+    _VIT: re.compile(r"\.(layernorm_(before|after)|intermediate\.dense)\."),
+    _BEIT: re.compile(r"\.(lambda_[12]$|relative_position_bias)"),
+}
+_EXPECTED_STYLES = {
+    "vit": {_VIT}, "vit_mae": {_VIT}, "beit": {_VIT, _BEIT}, "data2vec-vision": {_VIT, _BEIT},
+    "dinov2": {_DINO}, "dinov2_with_registers": {_DINO},
+}
+# The root a transformers base model's keys carry (its base_model_prefix), when they carry one.
+_EXPECTED_ROOT = {"vit": "vit.", "vit_mae": "vit.", "beit": "beit.", "data2vec-vision": "data2vec_vision.",
+                  "dinov2": "dinov2.", "dinov2_with_registers": "dinov2."}
+
+
+def check_label(model_type: str, keys: list[str], where: str) -> None:
+    """Refuse a ``model_type`` that the keys contradict (data2vec tensors labelled dinov2, ...): converted
+    as the label says, they would get another family's reading, provenance and defaults."""
+    roots = {r for r in _ROOTS if r != "model." and any(k.startswith(r) for k in keys)}
+    expected_root = _EXPECTED_ROOT[model_type]
+    if roots - {expected_root}:
+        raise CheckpointFormatError(
+            f"{where} says model_type {model_type!r} but the keys start with "
+            f"{', '.join(sorted(roots - {expected_root}))} (another model type's); refusing to guess which "
+            "is right"
+        )
+    seen = {style for style, pattern in _STYLE.items() if any(pattern.search(k) for k in keys)}
+    foreign = sorted(seen - _EXPECTED_STYLES[model_type])
+    if foreign:
+        raise CheckpointFormatError(
+            f"{where} says model_type {model_type!r} but the keys use {foreign[0]}, which "
+            f"{model_type} models do not have; refusing to guess which is right"
+        )
+
+
 def read(
     raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None, family: str | None = None
 ) -> Checkpoint:
@@ -175,9 +226,20 @@ def read(
         )
     family, fmt = MODEL_TYPES[model_type]
     cfg = raw.config or {}
-    tensors, dropped = canonical_from_hf(dict(raw.tensors()), fmt)
-    eps = float(cfg.get("layer_norm_eps", 1e-12))
+    where = f"{raw.path}: config.json"
+    sd = dict(raw.tensors())
+    check_label(model_type, list(sd), where)
+    tensors, dropped = canonical_from_hf(sd, fmt)
+    eps = config_eps(cfg, "layer_norm_eps", 1e-12, where=where)
+    claimed = {name: config_int(cfg, key, what=what, bound=name, where=where)
+               for key, name, what in _SIZE_KEYS}
+    check_claims({k: v for k, v in claimed.items() if k != "heads"}, tensors, where=where)
+    heads, heads_from = heads_from_config(
+        claimed["heads"], tensor_sizes(tensors).get("width"), num_heads=num_heads, where=where
+    )
     notes = [f"layer_norm_eps {eps:g} from config.json"]
+    if heads_from != "--num-heads" and heads is not None:
+        notes.append(f"{heads} heads from config.json num_attention_heads")
     return build_checkpoint(
         tensors,
         dropped,
@@ -185,8 +247,7 @@ def read(
         fmt=fmt,
         source=str(raw.path),
         model=model,
-        num_heads=num_heads,
-        heads_hint=cfg.get("num_attention_heads"),
+        num_heads=heads,
         norm_eps=eps,
         notes=notes,
     )

@@ -22,7 +22,8 @@ import vitinit.formats.mae as mae
 import vitinit.formats.siglip as siglip
 import vitinit.formats.supervised as supervised
 from vitinit.canonical import Checkpoint
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, first_line, quote
+from vitinit.formats._claims import check_claims, config_int, heads_from_config, tensor_sizes
 from vitinit.formats._common import DECLARED, Score
 from vitinit.io.load import RawCheckpoint
 
@@ -41,9 +42,14 @@ def _config(raw: RawCheckpoint) -> dict:
     return raw.config or {} if raw.container == "timm-folder" else {}
 
 
+def _tag(cfg: dict) -> str:
+    pretrained = cfg.get("pretrained_cfg")
+    return str(pretrained.get("tag") or "") if isinstance(pretrained, dict) else ""
+
+
 def family_of(architecture: str, tag: str) -> tuple[str | None, str]:
     """(family or None, evidence) for a timm architecture name and pretrained tag."""
-    seen = f"config.json architecture {architecture!r}" + (f", tag {tag!r}" if tag else "")
+    seen = f"config.json architecture {quote(architecture)}" + (f", tag {quote(tag)}" if tag else "")
     if "dinov2" in architecture:
         return "dinov2", seen
     if "dinov3" in architecture:
@@ -77,7 +83,7 @@ def score(raw: RawCheckpoint) -> Score:
     arch = cfg.get("architecture")
     if not isinstance(arch, str):
         return Score("supervised", 0)
-    family, why = family_of(arch, str((cfg.get("pretrained_cfg") or {}).get("tag") or ""))
+    family, why = family_of(arch, _tag(cfg))
     if family is None:
         raise CheckpointFormatError(
             f"{raw.path}: timm {why} is not a supported initialization (supported timm models: "
@@ -87,23 +93,41 @@ def score(raw: RawCheckpoint) -> Score:
     return Score(family, DECLARED, why)
 
 
-def num_heads_of(cfg: dict) -> tuple[int | None, str]:
-    """Head count of a timm folder: ``model_args.num_heads``, else the architecture's default."""
-    args = dict(cfg.get("model_args") or {})
-    if isinstance(args.get("num_heads"), int):
-        return args["num_heads"], "model_args.num_heads in config.json"
+# model_args keys that set the sizes the weights can be checked against (config key, _claims name).
+_SIZE_ARGS = {"embed_dim": "width", "depth": "depth", "patch_size": "patch", "num_heads": "heads"}
+
+
+def architecture_sizes(arch: str) -> dict[str, int]:
+    """Width, depth, patch and heads of timm's ``arch`` at its defaults, built on the meta device (shapes
+    only: nothing allocated or downloaded); {} when this timm cannot build it. No ``model_args`` reach
+    timm: they are checked here and laid over these defaults by :func:`claimed_sizes`."""
     import timm
     import torch
 
-    arch = cfg["architecture"]
     try:
-        with torch.device("meta"):  # shapes only: no memory, no weights
-            net = timm.create_model(arch, pretrained=False, **args)
-        heads = net.blocks[0].attn.num_heads
-    except Exception as e:  # unknown to this timm version, or args it rejects
-        logger.info("timm cannot build %s (%s); head count left to the size table", arch, e)
-        return None, ""
-    return heads, f"timm's {arch} default"
+        with torch.device("meta"):
+            net = timm.create_model(arch, pretrained=False)
+        return {"width": net.embed_dim, "depth": len(net.blocks), "patch": net.patch_embed.patch_size[0],
+                "heads": net.blocks[0].attn.num_heads}
+    except Exception as e:  # unknown to this timm version, or not a ViT-like model
+        logger.info("timm cannot build %s (%s); heads left to the size table", quote(arch), first_line(e))
+        return {}
+
+
+def claimed_sizes(cfg: dict, where: str) -> tuple[dict[str, int | None], str]:
+    """(sizes the folder's config claims, where the head count comes from): ``model_args`` laid over the
+    architecture's defaults. Values of the wrong type or range are refused by name."""
+    args = cfg.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise CheckpointFormatError(f"{where}: model_args must be a mapping, got {quote(args)}")
+    given = {name: config_int(args, key, what=f"the ViT's {name}", bound=name, where=f"{where} model_args")
+             for key, name in _SIZE_ARGS.items()}
+    arch = cfg["architecture"]
+    defaults = architecture_sizes(arch)
+    sizes = {name: given[name] if given[name] is not None else defaults.get(name) for name in given}
+    heads_from = "model_args.num_heads in config.json" if given["heads"] is not None else (
+        f"timm's {str(arch)[:80]} default" if "heads" in defaults else "")
+    return sizes, heads_from
 
 
 def read(
@@ -111,11 +135,18 @@ def read(
 ) -> Checkpoint:
     cfg = _config(raw)
     arch = cfg.get("architecture")
-    found, why = family_of(str(arch), str((cfg.get("pretrained_cfg") or {}).get("tag") or ""))
+    found, why = family_of(str(arch), _tag(cfg))
     family = family or found
     if family not in _READERS:
         raise CheckpointFormatError(f"{raw.path}: timm {why} is not a supported initialization")
-    heads, heads_from = (num_heads, "--num-heads") if num_heads else num_heads_of(cfg)
+    where = f"{raw.path}: config.json ({why})"
+    sizes, heads_from = claimed_sizes(cfg, where)
+    # The reader is told the head count only once the shapes agree with the config (checked below).
+    tensors = _READERS[family].read(raw, model=model, num_heads=num_heads or 1, family=family).tensors
+    check_claims({k: sizes[k] for k in ("width", "depth", "patch")}, tensors, where=where)
+    heads, heads_from = heads_from_config(
+        sizes["heads"], tensor_sizes(tensors).get("width"), num_heads=num_heads, where=heads_from or where
+    )
     ckpt = _READERS[family].read(raw, model=model, num_heads=heads, family=family)
     heads_note = f"; {heads} heads from {heads_from}" if heads else ""
     ckpt.provenance.notes.append(f"timm folder: {why}{heads_note}")

@@ -22,6 +22,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from vitinit.errors import CheckpointFormatError, ConfigError, VitinitError, first_line
+from vitinit.io.hub_http import HubLimits, HubUnreachable, bounded_hub
 
 logger = logging.getLogger(__name__)
 
@@ -169,17 +170,21 @@ def publish(
         CommitOperationAdd("config.json", config_bytes),
         CommitOperationAdd("README.md", card_bytes),
     ]
+    limits = HubLimits.from_env()
     try:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.create_commit(
-            repo_id, operations, repo_type="model",
-            commit_message=commit_message or f"Upload {info.family} backbone converted by vitinit",
-        )
+        with bounded_hub(limits):  # timeouts, a retry budget and capped answers (vitinit.io.hub_http)
+            repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.create_commit(
+                repo_id, operations, repo_type="model",
+                commit_message=commit_message or f"Upload {info.family} backbone converted by vitinit",
+            )
+    except HubUnreachable as e:
+        raise PublishError(f"upload to {_endpoint()}/{repo_id} failed: {e}") from None
     except VitinitError:
         raise
     except Exception as e:  # huggingface_hub's HTTP errors, httpx connection errors, ...
         # The message names the URL and status; the token is masked in case a server echoes it back.
-        message = first_line(e, limit=None).replace(token, "***")[:300]
+        message = str(limits.error) if limits.error else first_line(e, limit=None).replace(token, "***")[:300]
         raise PublishError(f"upload to {_endpoint()}/{repo_id} failed: {message}") from None
     result.url = str(repo)
     result.commit_url = commit.commit_url

@@ -43,11 +43,26 @@ _WRITE_HINTS = {
 def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
     """Refuse an existing output (unless ``overwrite``) or a folder, before any heavy work starts."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():  # a loop or a dangling link: exists() is False for both
+        if _is_link_loop(path):
+            raise OutputExistsError(f"{path} is a symbolic link loop; remove it or choose another name")
+        if not overwrite:
+            raise OutputExistsError(f"{path} exists (a link to nothing); pass --overwrite to replace it")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     if path.exists() and path.is_dir():
         raise OutputExistsError(f"{path} is a folder, not a file")
     return path
+
+
+def _is_link_loop(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # pathlib's "Symlink loop from ..." (Python < 3.13)
+        return True
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import io
 import logging
 import pickletools
 import re
+import tarfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line
+from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line, quote
 from vitinit.io.files import read_json
 from vitinit.io.lazy import LazyTensor
 from vitinit.io.torch_zip import STREAMING_GLOBALS, NotStreamable, open_torch_zip_streaming
@@ -201,6 +202,8 @@ class _SafetensorsReader:
 
 
 def _open_torch(path: Path) -> RawCheckpoint:
+    # First: a tar of .pth files passes is_zipfile (its last member's zip directory sits near the end).
+    _refuse_tar(path)
     if zipfile.is_zipfile(path):
         try:
             tree = _lazify(open_torch_zip_streaming(path))
@@ -211,6 +214,23 @@ def _open_torch(path: Path) -> RawCheckpoint:
             log.info("%s: cannot stream (%s); using torch.load(weights_only=True, mmap=True)", path, why)
             return RawCheckpoint(path, _lazify(_torch_load(path, mmap=True)), "torch-zip")
     return RawCheckpoint(path, _lazify(_torch_load(path, mmap=False)), "torch-legacy")
+
+
+def _refuse_tar(path: Path) -> None:
+    """A tar archive (``.pth.tar`` is usually just a name) is several files, not one checkpoint: refused
+    rather than read as whichever member a reader reaches. torch's own pre-0.4 tar format is never seen in
+    released checkpoints and is refused the same way."""
+    try:
+        with tarfile.open(path) as archive:  # also gzip/bz2/xz-compressed tars
+            names = [member.name for _, member in zip(range(4), archive, strict=False)]
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return
+    if not names:
+        return
+    shown = ", ".join(quote(n, 40) for n in names[:3]) + (", …" if len(names) > 3 else "")
+    raise CheckpointFormatError(
+        f"{path}: a tar archive ({shown}), not a checkpoint; extract it and pass the checkpoint file"
+    )
 
 
 def _torch_load(path: Path, *, mmap: bool) -> Mapping:

@@ -193,20 +193,26 @@ def fetch_hf(uri: str, *, cache_dir: Path | None = None) -> Path:
     """
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    from vitinit.io.hub_http import bounded_hub
+
     repo_id, filename = parse_hf_uri(uri)
     kwargs: dict = {
         "endpoint": os.environ.get("HF_ENDPOINT") or None,
         "local_files_only": _offline(),
         "cache_dir": _hf_cache(cache_dir),
     }
+    limits = None
     try:
-        if filename is not None:
-            return Path(hf_hub_download(repo_id, filename, **kwargs))
-        return Path(snapshot_download(repo_id, allow_patterns=HF_ALLOW_PATTERNS, **kwargs))
+        with bounded_hub() as limits:
+            if filename is not None:
+                return Path(hf_hub_download(repo_id, filename, **kwargs))
+            return Path(snapshot_download(repo_id, allow_patterns=HF_ALLOW_PATTERNS, **kwargs))
     except Exception as e:  # huggingface_hub raises many types (HTTP, offline, not found, ...): one line each
         endpoint = kwargs["endpoint"] or "https://huggingface.co"
         where = f"{endpoint}/{repo_id}" + (f"/{filename}" if filename else "")
-        if kwargs["local_files_only"]:
+        if limits is not None and limits.error is not None:  # a bound broke, maybe under another error
+            state = str(limits.error)
+        elif kwargs["local_files_only"]:
             state = "offline and not in the hub cache"
         elif {c.__name__ for c in type(e).__mro__} & _HF_NOT_FOUND:
             state = "not found on the hub"

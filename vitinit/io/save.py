@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +24,10 @@ import torch
 from vitinit.errors import ConfigError
 from vitinit.io.atomic import atomic_path, check_output_path
 from vitinit.io.finite import NonFiniteCheck
+from vitinit.io.follow_hash import FollowingHash
 from vitinit.io.lazy import LazyTensor
 from vitinit.io.load import SAFETENSORS_DTYPES
+from vitinit.io.memory import release_free_memory
 from vitinit.io.progress import byte_progress
 
 __all__ = [
@@ -52,13 +55,20 @@ def check_container_suffix(path: str | Path, container: str) -> Path:
     return path
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, read into one reused buffer (no new allocation per chunk)."""
+class HashCancelled(Exception):
+    """:func:`sha256_file` was asked to stop (its caller failed and no longer needs the hash)."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20, *, cancel: threading.Event | None = None) -> str:
+    """sha256 of a file, read into one reused buffer (no new allocation per chunk); ``cancel`` set stops
+    it between two chunks."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
+            if cancel is not None and cancel.is_set():
+                raise HashCancelled(str(path))
             h.update(view[:n])
     return h.hexdigest()
 
@@ -123,7 +133,8 @@ def write_safetensors(
     ``late_metadata`` maps metadata keys to functions called only after every tensor is written (say, a
     source hash computed by another thread meanwhile). The header is written with the provisional values
     in ``metadata`` and rewritten in place at the end, so each final value must have the byte length of its
-    provisional one; the file is then hashed from the page cache while it is flushed to disk.
+    provisional one; the file is hashed as it is written, from the moment the final values are known
+    (:mod:`vitinit.io.follow_hash`).
 
     Example:
         >>> sha = write_safetensors("out.safetensors", {"w": LazyTensor.of(torch.zeros(2))}, {"k": "v"})
@@ -180,38 +191,49 @@ def _write_with_late_metadata(
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
     finite = NonFiniteCheck(path)
-    with (
-        atomic_path(path, overwrite=overwrite) as tmp,
-        open(tmp, "wb") as out,
-        byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
-    ):
-        out.write(prefix)
-        advance(len(prefix))
-        for name in order:
-            data = _loaded_bytes(name, tensors[name], finite)
-            out.write(data)
-            advance(len(data))
-            del data  # drop this tensor's buffer before the next one is read
-        out.flush()  # the data reaches the kernel while the late values may still be computing
+
+    def final_prefix() -> bytes:  # on the hashing thread: waits for the late values (the source's hash)
         final = {**metadata, **{k: str(get()) for k, get in late_metadata.items()}}
         final_prefix, final_order = safetensors_header(tensors, final)
         changed = [k for k in late_metadata if len(final[k].encode()) != len(metadata[k].encode())]
         if changed or len(final_prefix) != len(prefix) or final_order != order:
             raise ValueError(f"late metadata changed length: {changed or 'header'}")
+        return final_prefix
+
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        open(tmp, "wb") as out,
+        byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
+    ):
+        # The output is hashed as it is written, from the moment its final header is known
+        # (vitinit.io.follow_hash); the header itself is rewritten in place at the end.
+        follower = FollowingHash(tmp, total, final_prefix)
+        try:
+            out.write(prefix)
+            advance(len(prefix))
+            for name in order:
+                data = _loaded_bytes(name, tensors[name], finite)
+                out.write(data)
+                out.flush()  # the kernel has the bytes: the hashing thread may read them back
+                follower.advance(out.tell())
+                advance(len(data))
+                del data  # drop this tensor's buffer before the next one is read
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-fsync") as syncer:
+                synced = syncer.submit(os.fsync, out.fileno())  # the data goes to disk while hashing ends
+                final, digest = follower.result()
+                synced.result()
+        except BaseException:
+            follower.abort()
+            raise
         out.seek(0)
-        out.write(final_prefix)
+        out.write(final)
         out.flush()
-        # Hash (from the page cache) while the kernel writes the file out; atomic_path's fsync then finds
-        # nothing left to do.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-fsync") as syncer:
-            synced = syncer.submit(os.fsync, out.fileno())
-            digest = sha256_file(tmp)
-            synced.result()
     finite.report()
     return digest
 
 
 def _loaded_bytes(name: str, declared: LazyTensor, finite: NonFiniteCheck) -> memoryview:
+    release_free_memory()  # the previous tensor's pages go back before this one is read (vitinit.io.memory)
     tensor = declared.load()
     if tensor.dtype != declared.dtype:
         raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from vitinit.canonical import LazyTensor, Provenance, ViTSpec
 from vitinit.errors import ConfigError
 from vitinit.modeling.vit import ViTBackboneConfig, quarter_block_indexes
+from vitinit.normalize.bounds import check_sizes
 
 ABS_POS_MODES = ("auto", "source", "zero", "random", "none")
 REL_POS_MODES = ("auto", "shared", "per_block", "none")
@@ -57,6 +58,7 @@ class NormalizeOptions:
     seed: int = 0  # seed of the tensors drawn fresh (abs_pos=random)
 
     def __post_init__(self) -> None:
+        check_sizes(self.img_size, self.patch_size, self.window_size)
         for value, allowed, name in (
             (self.abs_pos, ABS_POS_MODES, "abs_pos"),
             (self.rel_pos, REL_POS_MODES, "rel_pos"),

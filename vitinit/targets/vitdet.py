@@ -19,7 +19,7 @@ import torch
 
 import vitinit
 from vitinit.canonical import LazyTensor, Provenance
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, first_line, quote
 from vitinit.io.load import open_checkpoint
 from vitinit.io.save import save_torch, write_safetensors
 from vitinit.modeling.vit import ViTBackboneConfig
@@ -128,14 +128,14 @@ def parse_vitdet_metadata(path: str | Path, metadata: Mapping[str, str]) -> tupl
     """(backbone config, provenance) from a vitdet file's metadata; one-line errors for anything else."""
     if not is_vitdet(metadata):
         raise CheckpointFormatError(
-            f"{path} is not a converted vitinit backbone (format {metadata.get('format')!r}, "
+            f"{path} is not a converted vitinit backbone (format {quote(metadata.get('format'))}, "
             f"expected {FORMAT!r}); make one with `vitinit convert --to vitdet`"
         )
     try:
         config = ViTBackboneConfig.from_json(metadata["backbone_config"])
         provenance = json.loads(metadata.get("provenance") or "{}")
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({e})") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as e:  # RecursionError: nested 100 000 deep
+        raise CheckpointFormatError(f"{path}: unreadable vitdet metadata ({first_line(e)})") from None
     return config, provenance
 
 
