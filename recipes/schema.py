@@ -252,3 +252,7 @@ class Recipe:
 
     def synthetic_spec(self) -> SyntheticSpec:
         return SyntheticSpec(**self.data.synthetic)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain data again (what ``recipe.yaml`` holds), for YAML, JSON and overrides."""
+        return dataclasses.asdict(self)
