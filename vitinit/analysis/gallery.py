@@ -29,6 +29,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from vitinit.analysis.runs import RunFolderError
 from vitinit.data.coco import load_coco_json
+from vitinit.evaluation.coco import MASK_THRESHOLD
 from vitinit.io.save import atomic_path
 
 NUM_IMAGES = 4
@@ -267,3 +268,22 @@ def write_gallery(
         save_png(pic, Path(out_dir) / f"val_{image_id:06d}.png")
         for image_id, pic in gallery_images(annotations, eval_dir, **kwargs)
     ]
+
+
+def output_instances(
+    output: dict[str, torch.Tensor],
+    label_to_category: dict[int, int],
+    names: dict[int, str],
+    score_thresh: float = SCORE_THRESH,
+) -> Instances:
+    """A model's inference output for one image (``boxes``, ``labels``, ``scores``, ``masks`` (N, 1, H, W)
+    probabilities) as a panel, kept at ``score_thresh`` and binarized as COCO evaluation binarizes masks."""
+    keep = (output["scores"] >= score_thresh).nonzero().flatten().flip(0)  # highest score drawn last
+    cats = sorted(label_to_category.values())
+    category = [label_to_category[int(label)] for label in output["labels"][keep]]
+    masks = output["masks"][keep, 0] > MASK_THRESHOLD if "masks" in output else None
+    return Instances(
+        output["boxes"][keep].float().cpu(), None if masks is None else masks.cpu(),
+        [f"{names.get(c, c)} {float(s):.2f}" for c, s in zip(category, output["scores"][keep], strict=True)],
+        [color_of(c, cats) for c in category],
+    )

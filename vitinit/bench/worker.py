@@ -114,7 +114,7 @@ def build_datasets(recipe: RecipeLike) -> Datasets:
     return ds
 
 
-def _device(recipe: Recipe, device: torch.device) -> torch.device:
+def device_for(recipe: Recipe, device: torch.device) -> torch.device:
     want = recipe.train.device
     if want == "cpu":
         return torch.device("cpu")
@@ -137,7 +137,7 @@ def train_worker(
     # A library caller's hand-made recipe fails here, before any data is indexed; a Recipe passes as is.
     recipe = as_recipe(recipe)
     run_dir = Path(run_dir)
-    device = _device(recipe, du.init_distributed())
+    device = device_for(recipe, du.init_distributed())
     world, rank = du.world_size(), du.rank()
     if device.type == "cpu" and world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
