@@ -110,6 +110,7 @@ ADDED_KEYS = {
     ("train", "images_per_gpu"): None,
     ("train", "grad_compression"): "none",
     ("eval", "num_workers"): 0,
+    ("train", "loggers"): ["tensorboard"],
 }
 
 

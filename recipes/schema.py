@@ -210,6 +210,10 @@ class Train:
     checkpoint_period: int = knob("iterations between checkpoints (one at the end too); 0 = end only", min=0)
     log_period: int = knob("iterations between metrics.jsonl lines", min=1)
     device: str = knob("where to train", choices=("auto", "cpu", "cuda"))
+    loggers: list[str] = knob(
+        "trackers beside metrics.jsonl: tensorboard (when installed), wandb (pip install 'vitinit[wandb]')",
+        choices=("tensorboard", "wandb"),
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ wrong."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,12 +22,16 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A micro demo run that evaluated 1 of its 2 val images (eval.max_images=1)."""
+    """A micro demo run that evaluated 1 of its 2 val images (eval.max_images=1), logged to W&B offline."""
     root = tmp_path_factory.mktemp("trained")
+    overrides = [*MICRO, "schedule.iters=2", "eval.max_images=1", "eval.at_start=false"]
+    if importlib.util.find_spec("wandb") is not None:  # vitinit[test] installs it; CI runs this
+        overrides.append("train.loggers=[tensorboard,wandb]")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VITINIT_CACHE", str(tmp_path_factory.getbasetemp() / "vitinit-cache"))
-        results = run_bench("demo", [*MICRO, "schedule.iters=2", "eval.max_images=1", "eval.at_start=false"],
-                            output_dir=root / "run", progress=False)
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        results = run_bench("demo", overrides, output_dir=root / "run", progress=False)
     assert results["status"] == "finished"
     return root / "run"
 
@@ -41,6 +46,20 @@ def _one_line_error(result, *fragments: str) -> None:
     assert result.output.startswith("error: ") and "Traceback" not in result.output, result.output
     for f in fragments:
         assert f in " ".join(result.output.split()), result.output
+
+
+def test_wandb_offline_run_holds_the_runs_metrics(run):
+    pytest.importorskip("wandb")
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, list((run / "wandb").rglob("*"))
+    data = files[0].read_bytes()  # W&B's record log: the keys and the recipe appear as written
+    for key in (b"train/loss", b"train/lr", b"eval/bbox/AP", b"eval/segm/AP", b"demo", b"synthetic"):
+        assert key in data, key
+    assert (run / "metrics.jsonl").is_file() and (run / "tensorboard").is_dir() == _has_tensorboard()
+
+
+def _has_tensorboard() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def test_eval_scores_the_whole_val_set_into_the_run(run):

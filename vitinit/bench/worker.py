@@ -24,6 +24,7 @@ from vitinit.engine.accumulation import accumulation_plan
 from vitinit.engine.optim import build_optimizer
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
+from vitinit.engine.tracking import WandbTracker, check_loggers
 from vitinit.engine.trainer import Trainer
 from vitinit.errors import ConfigError, DatasetError
 from vitinit.evaluation.coco import COCOEvaluator
@@ -153,6 +154,7 @@ def _train(
 ) -> dict:
     main = rank == 0
     seed = recipe.train.seed
+    check_loggers(recipe.train.loggers)  # a missing optional tracker fails before any data is indexed
     data = build_datasets(recipe)
     torch.manual_seed(seed)  # same fresh weights on every rank
     model, provenance = build_initialized_model(recipe, data.train.num_classes)
@@ -194,8 +196,17 @@ def _train(
         milestones=tuple(s.milestones),
         gamma=s.gamma,
     )
+    trackers = (
+        [WandbTracker(run_dir, recipe.name, recipe.to_dict(), [recipe.weights.init, recipe.model.variant])]
+        if main and "wandb" in t.loggers
+        else []
+    )
     metrics = H.MetricsWriter(
-        folder.metrics, t.log_period, lr_hook=lr_hook, tensorboard=folder.tensorboard
+        folder.metrics,
+        t.log_period,
+        lr_hook=lr_hook,
+        tensorboard=folder.tensorboard if "tensorboard" in t.loggers else False,
+        trackers=trackers,
     )
     tb_gallery = TensorBoardGallery(lambda: metrics.tb, data.val.annotation_file, data.val.image_dir)
     epoch_of = lambda it: round(it * t.batch_size / recipe.data.epoch_images, 4)  # noqa: E731
