@@ -230,16 +230,40 @@ def print_outcomes(outcomes: list) -> None:
 
 
 def print_keys(recipe: dict) -> None:
-    """Every knob of the schema: key, type (and allowed values or range), the value here, what it does."""
+    """Every knob of the schema: key, type (and allowed values or range), the value here, what it does.
+
+    Keys are never broken: in a pipe or a file, one line per key (grep-able, never wrapped); in a terminal
+    of 120 columns or more, a table; in a narrower one, ``key = value`` with its type and meaning wrapped
+    at words beneath.
+    """
+    from rich.padding import Padding
+    from rich.text import Text
     from vitinit.recipes.check import list_knobs
 
-    table = Table(title=f"{recipe['name']}: every key (override with key=value)")
-    for column in ("key", "type", "value", "meaning"):
-        table.add_column(column, overflow="fold")
-    for k in list_knobs(recipe):
-        value = json.dumps(list(k.value) if isinstance(k.value, tuple) else k.value)
-        table.add_row(*(escape(cell) for cell in (k.key, k.type, value, k.help)))
-    console.print(table)
+    rows = [
+        (k.key, k.type, json.dumps(list(k.value) if isinstance(k.value, tuple) else k.value), k.help)
+        for k in list_knobs(recipe)
+    ]
+    title = f"{recipe['name']}: every key (override with key=value)"
+    if not console.is_terminal:
+        width = max(len(r[0]) for r in rows)
+        lines = [f"# {title}", *(f"{k:<{width}}  {v}  # {tp}; {help_}" for k, tp, v, help_ in rows)]
+        console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+        return
+    if console.width >= 120:
+        table = Table(title=title)
+        table.add_column("key", no_wrap=True)
+        table.add_column("type", ratio=2)
+        table.add_column("value", no_wrap=True, max_width=30, overflow="ellipsis")
+        table.add_column("meaning", ratio=3)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
+    console.print(title, style="bold", highlight=False)
+    for key, tp, value, meaning in rows:
+        console.print(Text.assemble((key, "bold cyan"), " = ", value), overflow="fold")
+        console.print(Padding(Text(f"{tp}; {meaning}", style="dim"), (0, 0, 0, 4)))
 
 
 def print_summary(results: dict) -> None:
