@@ -27,7 +27,10 @@ def bench(
         "job each) into -o ROOT/NAME, and one report compares them.",
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the resolved recipe and the weights' source; run nothing."
+        False,
+        "--dry-run",
+        help="Print the resolved recipe and the weights' source (several recipes: a table with the estimated "
+        "GPU-hours of each); run nothing.",
     ),
     gpus: int = typer.Option(
         1,
