@@ -8,11 +8,11 @@ import io
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
+from vitinit.recipes.check import list_knobs
 from vitinit_cli import bench as bench_cli
 from vitinit_cli.main import app
 
 from vitinit.bench import resolve
-from vitinit.recipes.check import list_knobs
 
 runner = CliRunner()
 
