@@ -217,12 +217,16 @@ def side_by_side(panels: Sequence[torch.Tensor], titles: Sequence[str], *, gap: 
 
 
 def load_image(image_dir: Path, info: dict) -> torch.Tensor:
-    path = image_dir / info["file_name"]
+    return read_rgb(image_dir / info["file_name"])
+
+
+def read_rgb(path: Path, error: type[Exception] = RunFolderError, what: str = "val image") -> torch.Tensor:
+    """An image file as (3, H, W) uint8 RGB; an unreadable file is one ``error`` naming it."""
     try:
         with Image.open(path) as im:
             return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
     except OSError as e:
-        raise RunFolderError(f"cannot read val image {path}: {e}") from None
+        raise error(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
 
 
 def gallery_images(

@@ -13,11 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from vitinit.analysis.gallery import draw, output_instances, save_png
+from vitinit.analysis.gallery import draw, output_instances, read_rgb, save_png
 from vitinit.analysis.run_report import write_run_report
 from vitinit.bench.worker import build_initialized_model, build_val_dataset, device_for, run_evaluation
 from vitinit.data.coco import CocoDetection
@@ -125,14 +123,6 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def _read_image(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-    except OSError as e:
-        raise DatasetError(f"cannot read image {path}: {' '.join(str(e).split())}") from None
-
-
 def predict_images(
     run_dir: str | Path,
     images: list[str | Path],
@@ -153,7 +143,7 @@ def predict_images(
     written, records, used = [], [], set()
     with torch.no_grad():
         for path in files:
-            image = _read_image(path)
+            image = read_rgb(path, DatasetError, "image")
             output = trained.model([(image.float() / 255).to(trained.device)])[0]
             output = {k: v.cpu() for k, v in output.items()}
             panel = output_instances(output, trained.val.label_to_category, names, score_thresh)
