@@ -169,6 +169,7 @@ def run_many(
     outcomes = matrix.run_matrix(
         recipes, root, resume=resume, num_processes=gpus,
         progress=not quiet and os.environ.get("TERM") != "dumb",
+        notify=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
     )
     print_outcomes(outcomes)
     finished = [o.run_dir for o in outcomes if o.status != "failed"]

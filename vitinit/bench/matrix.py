@@ -111,14 +111,16 @@ def run_matrix(
     *,
     resume: bool = False,
     runner: Callable[..., dict] = run_bench,
+    notify: Callable[[str], None] = log.info,
     **kwargs: Any,
 ) -> list[Outcome]:
     """Run each recipe into ``root/NAME``, one after another; an exception in one is recorded, not raised
-    (Ctrl-C still stops everything). ``resume``: finished runs are skipped, killed ones continue."""
+    (Ctrl-C still stops everything). ``resume``: finished runs are skipped, killed ones continue.
+    ``notify`` gets one line as each recipe starts (the CLI prints it)."""
     outcomes = []
     for i, recipe in enumerate(recipes, 1):
         folder = RunFolder(Path(root) / recipe.name)
-        log.warning("matrix %d/%d: %s → %s", i, len(recipes), recipe.name, folder.path)
+        notify(f"[{i}/{len(recipes)}] {recipe.name} → {folder.path}")
         if resume and _finished(folder):
             outcomes.append(Outcome(recipe.name, "skipped", folder.path, folder.read_results()))
             continue
