@@ -18,9 +18,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so `vitinit --help` stays cheap and each command module stays independent.
-    from vitinit_cli import bench, convert, inspect, model_info, publish, report, show_data
+    from vitinit_cli import bench, convert, evaluate, inspect, model_info, predict, publish, report, show_data
 
-    for module in (convert, inspect, model_info, bench, report, show_data, publish):
+    for module in (convert, inspect, model_info, bench, evaluate, predict, report, show_data, publish):
         module.register(app)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from vitinit.recipes.check import check_recipe, parse_recipe
+from vitinit.recipes.schema import Recipe
 
 from vitinit.errors import ConfigError, first_line, quote
 
@@ -115,6 +116,12 @@ def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     path = recipe_path(name)
     cfg = _load_tree(path)
     cfg.name = path.stem
+    _merge_overrides(cfg, overrides)
+    check_recipe(_resolved(cfg))
+    return derive_schedule(cfg)
+
+
+def _merge_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {quote(bad[0])}")
@@ -125,8 +132,6 @@ def load_recipe(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         except (OmegaConfBaseException, ValueError) as e:  # ValueError: an integer of over 4300 digits
             why = first_line(" ".join(str(e).split()[:12]))
             raise ConfigError(f"bad override {quote(o)}: {why}") from None
-    check_recipe(_resolved(cfg))
-    return derive_schedule(cfg)
 
 
 # Keys added after runs were already saved, with the value that reproduces what those runs did.
@@ -135,6 +140,7 @@ ADDED_KEYS = {
     ("train", "images_per_gpu"): None,
     ("train", "grad_compression"): "none",
     ("eval", "num_workers"): 0,
+    ("train", "loggers"): ["tensorboard"],
 }
 
 
@@ -192,3 +198,28 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
 def to_yaml(cfg: DictConfig | dict) -> str:
     """The recipe as YAML text (what a run folder's ``recipe.yaml`` holds)."""
     return OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg) if isinstance(cfg, DictConfig) else cfg))
+
+
+RecipeLike = str | Path | Recipe | Mapping
+"""What the library takes for a recipe: a bundled name, a ``.yaml`` file, a :class:`Recipe`, or the plain
+data ``vitinit.bench.resolve`` returns (a run's ``recipe.yaml``)."""
+
+
+def as_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
+    """The typed, checked :class:`Recipe` for any :data:`RecipeLike`, with dotted ``overrides`` applied.
+
+    A :class:`Recipe` without overrides is returned as is: parse once at the edge, then pass the object.
+    """
+    if isinstance(recipe, Recipe) and not overrides:
+        return recipe
+    if isinstance(recipe, Recipe | Mapping):
+        tree = recipe.to_dict() if isinstance(recipe, Recipe) else dict(recipe)
+        if not overrides:
+            return parse_recipe(tree)
+        cfg = OmegaConf.create(tree)
+        if any(o.startswith("schedule.epochs=") for o in overrides):  # a new length in epochs: re-derive
+            cfg.schedule.iters = None
+        _merge_overrides(cfg, overrides)
+        check_recipe(_resolved(cfg))
+        return parse_recipe(to_plain(derive_schedule(cfg)))
+    return parse_recipe(to_plain(load_recipe(recipe, overrides)))

@@ -230,6 +230,10 @@ class Train:
     checkpoint_period: int = knob("iterations between checkpoints (one at the end too); 0 = end only", min=0)
     log_period: int = knob("iterations between metrics.jsonl lines", min=1)
     device: str = knob("where to train", choices=("auto", "cpu", "cuda"))
+    loggers: list[str] = knob(
+        "trackers beside metrics.jsonl: tensorboard (when installed), wandb (pip install 'vitinit[wandb]')",
+        choices=("tensorboard", "wandb"),
+    )
 
 
 @dataclass(frozen=True)
@@ -293,3 +297,7 @@ class Recipe:
 
     def synthetic_spec(self) -> SyntheticSpec:
         return SyntheticSpec(**self.data.synthetic)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain data again (what ``recipe.yaml`` holds), for YAML, JSON and overrides."""
+        return dataclasses.asdict(self)

@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from vitinit_cli import _common
 from vitinit_cli.main import app
 
-COMMANDS = ["convert", "inspect", "model-info", "bench", "report", "publish"]
+COMMANDS = ["convert", "inspect", "model-info", "bench", "eval", "predict", "report", "publish"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -16,7 +16,7 @@ LAYERS = {
     **dict.fromkeys(("formats", "modeling", "data", "evaluation", "normalize", "recipes"), 2),
     **dict.fromkeys(("targets", "engine", "analysis"), 3),
     **dict.fromkeys(("convert", "bench", "hub"), 4),
-    "__init__": 5,  # vitinit/__init__.py
+    **dict.fromkeys(("__init__", "api"), 5),  # vitinit/__init__.py re-exports vitinit/api.py
     "cli": 6,  # vitinit_cli
 }
 

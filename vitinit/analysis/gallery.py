@@ -29,6 +29,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from vitinit.analysis.runs import RunFolderError
 from vitinit.data.coco import load_coco_json
+from vitinit.evaluation.coco import MASK_THRESHOLD
 from vitinit.io.save import atomic_path
 
 NUM_IMAGES = 4
@@ -216,12 +217,16 @@ def side_by_side(panels: Sequence[torch.Tensor], titles: Sequence[str], *, gap: 
 
 
 def load_image(image_dir: Path, info: dict) -> torch.Tensor:
-    path = image_dir / info["file_name"]
+    return read_rgb(image_dir / info["file_name"])
+
+
+def read_rgb(path: Path, error: type[Exception] = RunFolderError, what: str = "val image") -> torch.Tensor:
+    """An image file as (3, H, W) uint8 RGB; an unreadable file is one ``error`` naming it."""
     try:
         with Image.open(path) as im:
             return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
     except OSError as e:
-        raise RunFolderError(f"cannot read val image {path}: {e}") from None
+        raise error(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
 
 
 def gallery_images(
@@ -267,3 +272,22 @@ def write_gallery(
         save_png(pic, Path(out_dir) / f"val_{image_id:06d}.png")
         for image_id, pic in gallery_images(annotations, eval_dir, **kwargs)
     ]
+
+
+def output_instances(
+    output: dict[str, torch.Tensor],
+    label_to_category: dict[int, int],
+    names: dict[int, str],
+    score_thresh: float = SCORE_THRESH,
+) -> Instances:
+    """A model's inference output for one image (``boxes``, ``labels``, ``scores``, ``masks`` (N, 1, H, W)
+    probabilities) as a panel, kept at ``score_thresh`` and binarized as COCO evaluation binarizes masks."""
+    keep = (output["scores"] >= score_thresh).nonzero().flatten().flip(0)  # highest score drawn last
+    cats = sorted(label_to_category.values())
+    category = [label_to_category[int(label)] for label in output["labels"][keep]]
+    masks = output["masks"][keep, 0] > MASK_THRESHOLD if "masks" in output else None
+    return Instances(
+        output["boxes"][keep].float().cpu(), None if masks is None else masks.cpu(),
+        [f"{names.get(c, c)} {float(s):.2f}" for c, s in zip(category, output["scores"][keep], strict=True)],
+        [color_of(c, cats) for c in category],
+    )

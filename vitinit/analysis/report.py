@@ -123,6 +123,20 @@ def run_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def rescore_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+    """One row per ``vitinit eval`` of each run (``RUN/eval/<name>/metrics.json`` of kind ``rescore``)."""
+    header = ["run", "evaluation", "iter", "images", "AP box", "AP50 box", "AP75 box", "AP mask"]
+    rows = []
+    for r in runs:
+        for f in sorted(r.path.glob("eval/*/metrics.json")):
+            d = read_json(f, error=RunFolderError, what="evaluation")
+            if d.get("kind") == "rescore":
+                box = [_fmt(d["bbox"].get(k)) for k in ("AP", "AP50", "AP75")]
+                rows.append([r.name, f.parent.name, str(d.get("iter", "–")), str(d.get("images", "–")),
+                             *box, _fmt(d["segm"].get("AP"))])
+    return header, rows
+
+
 def complexity_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]] | None:
     """The paper's complexity table: parameters and FLOPs (``analysis/complexity.json``) beside best AP."""
     found = {r.name: c for r in runs if (c := _complexity(r)) is not None}
@@ -219,6 +233,11 @@ def render_markdown(report: Report, figures: dict[str, Path]) -> str:
     lines += ["## Runs", "", *_table(*run_rows(report.runs)), ""]
     if "training" in figures:
         lines += [f"![AP during training]({figures['training'].name})", ""]
+    rescored = rescore_rows(report.runs)
+    if rescored[1]:
+        lines += ["## Evaluations with `vitinit eval`", "",
+                  "A trained model scored again after its run (e.g. on the whole val set when the run "
+                  "evaluated `eval.max_images`), in `RUN/eval/<evaluation>/`.", "", *_table(*rescored), ""]
     complexity = complexity_rows(report.runs)
     if complexity:
         lines += ["## Model complexity", "", "Parameters and inference FLOPs of each run's detector (torch "

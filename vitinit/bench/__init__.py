@@ -22,12 +22,15 @@ from vitinit.bench.worker import Datasets, build_datasets, build_model, run_eval
 from vitinit.engine import distributed as du
 from vitinit.engine.run_folder import RunFolder
 from vitinit.errors import ConfigError
-from vitinit.recipes import load_recipe, to_plain
+from vitinit.recipes import RecipeLike, as_recipe, load_recipe, to_plain
+from vitinit.recipes.schema import Recipe
 
 __all__ = [
     "Datasets",
+    "Recipe",
     "RunFolder",
     "apply_position_policy",
+    "as_recipe",
     "build_datasets",
     "build_model",
     "describe_weights",
@@ -48,8 +51,17 @@ def resolve(name: str | Path, overrides: Sequence[str] = ()) -> dict:
     return to_plain(load_recipe(name, overrides))
 
 
+def _recipe_name(name: RecipeLike) -> str:
+    """The name a recipe argument stands for (a file's stem), without loading it."""
+    if isinstance(name, Recipe):
+        return name.name
+    if isinstance(name, dict):
+        return str(name.get("name", ""))
+    return Path(name).stem
+
+
 def run_bench(
-    name: str | Path | None = None,
+    name: RecipeLike | None = None,
     overrides: Sequence[str] = (),
     *,
     output_dir: str | Path | None = None,
@@ -60,8 +72,8 @@ def run_bench(
     """Run a benchmark; returns the content of ``results.json``.
 
     Args:
-        name: a bundled recipe name (``mae-vitb``, ``demo``) or a recipe file; None with ``resume`` and
-            ``output_dir`` continues that run with its saved recipe.
+        name: a bundled recipe name (``mae-vitb``, ``demo``), a recipe file or a :class:`Recipe`; None with
+            ``resume`` and ``output_dir`` continues that run with its saved recipe.
         overrides: dotted ``key=value`` pairs.
         output_dir: the run folder (default ``runs/NAME/<timestamp>``).
         resume: continue from ``RUN_DIR/checkpoints/last.pth`` with the run's own ``recipe.yaml``.
@@ -77,8 +89,8 @@ def run_bench(
     elif name is None:
         raise ConfigError("name a recipe (or --resume an existing --output-dir)")
     else:
-        recipe = resolve(name, overrides)
-        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe["name"])
+        recipe = as_recipe(name, overrides)
+        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe.name)
         if folder.last_checkpoint.exists():
             raise ConfigError(
                 f"{folder.path} already holds a run; pass --resume to continue it or choose --output-dir"
@@ -100,8 +112,8 @@ def run_bench(
 
 
 def resumable(
-    name: str | Path | None, overrides: Sequence[str] = (), output_dir: str | Path | None = None
-) -> tuple[RunFolder, dict]:
+    name: RecipeLike | None, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> tuple[RunFolder, Recipe]:
     """The run folder ``--resume`` continues (``output_dir``, or the newest run of ``name``) and its own
     saved recipe, both checked before anything is built or written."""
     if overrides:
@@ -109,11 +121,11 @@ def resumable(
     if output_dir is None:
         if name is None:
             raise ConfigError("--resume needs --output-dir or a recipe name (its newest run)")
-        folder = RunFolder.newest(Path(name).stem)
+        folder = RunFolder.newest(_recipe_name(name))
     else:
         folder = RunFolder(output_dir)
     folder.check_resumable()
-    recipe = folder.read_recipe()
-    if name is not None and Path(name).stem != recipe["name"]:
-        raise ConfigError(f"{folder.path} is a run of {recipe['name']}, not {Path(name).stem}")
+    recipe = as_recipe(folder.read_recipe())
+    if name is not None and _recipe_name(name) != recipe.name:
+        raise ConfigError(f"{folder.path} is a run of {recipe.name}, not {_recipe_name(name)}")
     return folder, recipe

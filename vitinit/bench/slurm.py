@@ -17,13 +17,14 @@ from vitinit.bench.worker import train_worker
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.slurm import slurm_parameters, submit_task
 from vitinit.errors import ConfigError
-from vitinit.recipes import load_recipe, to_plain
+from vitinit.recipes import RecipeLike, as_recipe
+from vitinit.recipes.schema import Recipe
 
 
 class BenchTask:
     """The picklable callable each Slurm task runs."""
 
-    def __init__(self, recipe: dict, run_dir: str, resume: bool) -> None:
+    def __init__(self, recipe: Recipe, run_dir: str, resume: bool) -> None:
         self.recipe, self.run_dir, self.resume = recipe, run_dir, resume
 
     def __call__(self) -> dict:
@@ -41,7 +42,7 @@ class BenchTask:
 
 
 def submit(
-    name: str | None,
+    name: RecipeLike | None,
     overrides: Sequence[str] = (),
     *,
     output_dir: str | Path | None = None,
@@ -59,15 +60,15 @@ def submit(
     elif not name:
         raise ConfigError("--slurm needs a recipe name")
     else:
-        recipe = to_plain(load_recipe(name, overrides))
-        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe["name"])
+        recipe = as_recipe(name, overrides)
+        folder = RunFolder(output_dir) if output_dir is not None else RunFolder.new(recipe.name)
     params = slurm_parameters(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         partition=partition,
         account=account,
         time_min=time_min,
-        name=recipe["name"],
+        name=recipe.name,
     )
     task = BenchTask(recipe, str(folder.path.resolve()), resume)
     return submit_task(task, folder.slurm, params, cluster=cluster)

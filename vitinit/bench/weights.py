@@ -18,6 +18,8 @@ from vitinit.families import FAMILIES
 from vitinit.modeling.vit import ViTBackboneConfig, init_pos_embed_
 from vitinit.normalize.lazy import random_pos_embed, zeros
 from vitinit.normalize.options import GLOBAL_BLOCKS, NormalizeOptions
+from vitinit.recipes import RecipeLike, as_recipe
+from vitinit.recipes.schema import Recipe
 from vitinit.variants import VIT_VARIANTS
 
 INITS = tuple(f for f in FAMILIES if f != "auto")
@@ -40,15 +42,16 @@ def global_blocks(spec: Any, depth: int) -> tuple[int, ...]:
     return NormalizeOptions(global_block_indexes=_global_blocks_value(spec)).global_blocks_for(depth)
 
 
-def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
+def random_backbone_config(recipe: RecipeLike) -> ViTBackboneConfig:
     """The backbone of a randomly initialized run: a named size, or ``model.backbone`` for a custom one."""
-    m = recipe["model"]
-    size = dict(m.get("backbone") or {})
-    if m["variant"] != "custom":
-        v = VIT_VARIANTS.get(m["variant"])
+    recipe = as_recipe(recipe)
+    m = recipe.model
+    size = dict(m.backbone)
+    if m.variant != "custom":
+        v = VIT_VARIANTS.get(m.variant)
         if v is None:
             raise ConfigError(
-                f"unknown model.variant {m['variant']!r}; use one of {', '.join(VIT_VARIANTS)} or custom"
+                f"unknown model.variant {m.variant!r}; use one of {', '.join(VIT_VARIANTS)} or custom"
             )
         size = {
             "embed_dim": v.embed_dim,
@@ -69,38 +72,39 @@ def random_backbone_config(recipe: dict) -> ViTBackboneConfig:
         global_block_indexes=o.global_blocks_for(size["depth"]),
         rel_pos="shared" if o.rel_pos == "auto" else o.rel_pos,
         use_abs_pos=o.abs_pos != "none",
-        drop_path_rate=m["drop_path"],
-        use_act_checkpoint=m["act_checkpoint"],
+        drop_path_rate=m.drop_path,
+        use_act_checkpoint=m.act_checkpoint,
     )
     return ViTBackboneConfig(**{**size, **opts})
 
 
-def describe_weights(recipe: dict) -> str:
+def describe_weights(recipe: RecipeLike) -> str:
     """Where the backbone weights of ``recipe`` come from, in words (``--dry-run``); downloads nothing."""
-    w, variant = recipe["weights"], recipe["model"]["variant"]
+    recipe = as_recipe(recipe)
+    w, variant = recipe.weights, recipe.model.variant
     normalize_options(recipe)  # a bad position policy fails here, before any download
-    if (recipe["model"].get("detector") or {}).get("backbone_type") == "resnet101":
-        seed = recipe["train"]["seed"]
+    if is_resnet(recipe):
+        seed = recipe.train.seed
         return f"random initialization of ResNet-101 + FPN (detectron2's c2_msra_fill, seed {seed})"
-    if w["init"] == "random" and not w["source"]:
-        return f"random initialization of {variant} (DetectionViT's own init, seed {recipe['train']['seed']})"
-    if w["source"]:
-        kind = "Hugging Face Hub" if str(w["source"]).startswith("hf://") else "local file"
-        return f"{w['init']} weights from {kind} {w['source']}"
+    if w.init == "random" and not w.source:
+        return f"random initialization of {variant} (DetectionViT's own init, seed {recipe.train.seed})"
+    if w.source:
+        kind = "Hugging Face Hub" if str(w.source).startswith("hf://") else "local file"
+        return f"{w.init} weights from {kind} {w.source}"
     try:
         from vitinit.io.registry import official_checkpoint
 
-        entry = official_checkpoint(w["init"], variant)
+        entry = official_checkpoint(w.init, variant)
     except ImportError:
         entry = None
     if entry is None:
-        return f"no official {w['init']} checkpoint for {variant} is registered: set weights.source"
+        return f"no official {w.init} checkpoint for {variant} is registered: set weights.source"
     from vitinit.io.remote import cache_root
 
-    return f"official {w['init']} {variant} checkpoint {entry.url} (downloaded once into {cache_root(None)})"
+    return f"official {w.init} {variant} checkpoint {entry.url} (downloaded once into {cache_root(None)})"
 
 
-def normalize_options(recipe: dict) -> NormalizeOptions:
+def normalize_options(recipe: Recipe) -> NormalizeOptions:
     """The recipe's backbone and position policy as conversion options (the same as ``vitinit convert``'s).
 
     ``model.pos_abs`` ``pretrained`` keeps the source's embedding (zeros where it has none, as BEiT);
@@ -109,38 +113,44 @@ def normalize_options(recipe: dict) -> NormalizeOptions:
     ``none`` builds a backbone without relative bias. ``model.rel_pos: shared`` asks for the paper's two
     tables: a fine-tuned BEiT's per-block tables are then averaged (logged; in ``weights.json``).
     """
-    m = recipe["model"]
+    m = recipe.model
     for key, allowed in (("pos_abs", POS_ABS), ("pos_rel", POS_REL)):
-        if m[key] not in allowed:
-            raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, got {m[key]!r}")
+        if getattr(m, key) not in allowed:
+            raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, got {getattr(m, key)!r}")
     return NormalizeOptions(
-        img_size=m["img_size"],
-        window_size=m["window_size"],
-        global_block_indexes=_global_blocks_value(m["global_blocks"]),
-        abs_pos=POS_ABS[m["pos_abs"]],
-        rel_pos="none" if m["pos_rel"] == "none" else m["rel_pos"],
-        rel_pos_init="zero" if m["pos_rel"] == "zero" else "source",
-        layer_scale=m["layer_scale"],
+        img_size=m.img_size,
+        window_size=m.window_size,
+        global_block_indexes=_global_blocks_value(m.global_blocks),
+        abs_pos=POS_ABS[m.pos_abs],
+        rel_pos="none" if m.pos_rel == "none" else m.rel_pos,
+        rel_pos_init="zero" if m.pos_rel == "zero" else "source",
+        layer_scale=m.layer_scale,
         # A source patch size other than this one is resampled (e.g. DINOv2 14 -> 16; normalize.patch_size).
-        patch_size=(m.get("backbone") or {}).get("patch_size"),
-        seed=recipe["weights"]["seed"],
+        patch_size=m.backbone.get("patch_size"),
+        seed=recipe.weights.seed,
     )
 
 
-def is_fresh_init(recipe: dict) -> bool:
+def is_fresh_init(recipe: Recipe) -> bool:
     """True when the backbone is ``DetectionViT``'s own random init (no file is read)."""
-    return recipe["weights"]["init"] == "random" and not recipe["weights"]["source"]
+    return recipe.weights.init == "random" and not recipe.weights.source
 
 
-def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor] | None, dict]:
+def is_resnet(recipe: Recipe) -> bool:
+    """The paper's CNN baseline (``recipes/random-r101.yaml``) instead of a ViT."""
+    return recipe.model.detector.get("backbone_type") == "resnet101"
+
+
+def load_weights(recipe: RecipeLike) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor] | None, dict]:
     """(backbone config, backbone state dict or None for a fresh init, provenance dict).
 
     A source goes through the conversion pipeline (``vitinit.convert.normalize_source``) with
     :func:`normalize_options`, its tensors kept in memory instead of written to a file.
     """
-    w, m = recipe["weights"], recipe["model"]
-    if w["init"] not in INITS:
-        raise ConfigError(f"weights.init must be one of {', '.join(INITS)}, got {w['init']!r}")
+    recipe = as_recipe(recipe)
+    w, m = recipe.weights, recipe.model
+    if w.init not in INITS:
+        raise ConfigError(f"weights.init must be one of {', '.join(INITS)}, got {w.init!r}")
     if is_fresh_init(recipe):
         config = random_backbone_config(recipe)
         return (
@@ -151,32 +161,33 @@ def load_weights(recipe: dict) -> tuple[ViTBackboneConfig, dict[str, torch.Tenso
                 "format": "init",
                 "source": None,
                 "sha256": None,
-                "notes": [f"DetectionViT.reset_parameters, seed {recipe['train']['seed']}"],
+                "notes": [f"DetectionViT.reset_parameters, seed {recipe.train.seed}"],
             },
         )
     from vitinit.convert import normalize_source
     from vitinit.io.remote import resolve_source
 
-    variant = None if m["variant"] == "custom" else m["variant"]
+    variant = None if m.variant == "custom" else m.variant
     path = resolve_source(
-        w["source"], family=w["init"], model=variant or "vit-b", progress=du.is_main_process()
+        w.source, family=w.init, model=variant or "vit-b", progress=du.is_main_process()
     )
     options = normalize_options(recipe)
     if path is not None and str(path).endswith(".safetensors") and _is_vitdet(path):
         return _load_converted(path, recipe, options)
-    heads = None if variant else (m.get("backbone") or {}).get("num_heads")  # custom sizes only
+    heads = None if variant else m.backbone.get("num_heads")  # custom sizes only
     normalized = normalize_source(
-        path, family=w["init"], target="vitdet", options=options, model=variant, num_heads=heads
+        path, family=w.init, target="vitdet", options=options, model=variant, num_heads=heads
     )
-    config = normalized.config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
+    config = normalized.config.replace(drop_path_rate=m.drop_path, use_act_checkpoint=m.act_checkpoint)
     return config, normalized.state_dict(), normalized.provenance.to_dict()
 
 
-def pretrained_backbone_config(recipe: dict, spec: Any) -> ViTBackboneConfig:
+def pretrained_backbone_config(recipe: RecipeLike, spec: Any) -> ViTBackboneConfig:
     """The detection backbone for a source architecture (a ``ViTSpec``) under the recipe's options."""
     from vitinit.normalize.detection import detection_config
 
-    m, o = recipe["model"], normalize_options(recipe)
+    recipe = as_recipe(recipe)
+    m, o = recipe.model, normalize_options(recipe)
     config = detection_config(
         spec,
         img_size=o.img_size,
@@ -186,7 +197,7 @@ def pretrained_backbone_config(recipe: dict, spec: Any) -> ViTBackboneConfig:
         layer_scale=o.layer_scale,
         abs_pos=o.abs_pos,
     )
-    return config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
+    return config.replace(drop_path_rate=m.drop_path, use_act_checkpoint=m.act_checkpoint)
 
 
 def _is_vitdet(path: Path) -> bool:
@@ -197,15 +208,15 @@ def _is_vitdet(path: Path) -> bool:
 
 
 def _load_converted(
-    path: Path, recipe: dict, options: NormalizeOptions
+    path: Path, recipe: Recipe, options: NormalizeOptions
 ) -> tuple[ViTBackboneConfig, dict[str, torch.Tensor], dict]:
     """A ``vitinit convert --to vitdet`` file: its config and tensors win; the recipe's training knobs and
     position policy apply (the file is already in the target layout, so the policy edits its tensors)."""
     from vitinit.targets.vitdet import read_vitdet
 
     weights = read_vitdet(path)
-    m, state, done = recipe["model"], dict(weights.state_dict), []
-    config = weights.config.replace(drop_path_rate=m["drop_path"], use_act_checkpoint=m["act_checkpoint"])
+    m, state, done = recipe.model, dict(weights.state_dict), []
+    config = weights.config.replace(drop_path_rate=m.drop_path, use_act_checkpoint=m.act_checkpoint)
     if options.abs_pos == "none" and config.use_abs_pos:
         config, _ = config.replace(use_abs_pos=False), state.pop("pos_embed")
         done.append("pos_embed: none")
@@ -228,23 +239,24 @@ def _load_converted(
     return config, state, provenance
 
 
-def apply_position_policy(vit: torch.nn.Module, recipe: dict) -> list[str]:
+def apply_position_policy(vit: torch.nn.Module, recipe: RecipeLike) -> list[str]:
     """A fresh init's position policy (``model.pos_abs`` / ``model.pos_rel``); say what changed.
 
     Weights read from a file got theirs from :func:`load_weights` (the normalization options), so this is
     a no-op for them.
     """
+    recipe = as_recipe(recipe)
     if not is_fresh_init(recipe):
         return []
-    m, done = recipe["model"], []
-    gen = torch.Generator().manual_seed(recipe["weights"]["seed"])
+    m, done = recipe.model, []
+    gen = torch.Generator().manual_seed(recipe.weights.seed)
     with torch.no_grad():
-        if vit.pos_embed is not None and m["pos_abs"] == "random":
+        if vit.pos_embed is not None and m.pos_abs == "random":
             vit.pos_embed.copy_(init_pos_embed_(torch.empty_like(vit.pos_embed), gen))
             done.append("pos_embed: random (trunc-normal 0.02)")
-        elif vit.pos_embed is not None and m["pos_abs"] == "zero":
+        elif vit.pos_embed is not None and m.pos_abs == "zero":
             vit.pos_embed.zero_()
             done.append("pos_embed: zero")
-        if m["pos_rel"] == "zero":  # DetectionViT's own init is zeros already: recorded, not changed
+        if m.pos_rel == "zero":  # DetectionViT's own init is zeros already: recorded, not changed
             done.append("relative position tables: zero")
     return done

@@ -25,23 +25,43 @@ from vitinit.engine.checkpoint import check_same_model
 from vitinit.engine.optim import build_optimizer
 from vitinit.engine.run_folder import RunFolder
 from vitinit.engine.sampler import SeededSamples, StreamSampler
+from vitinit.engine.tracking import WandbTracker, check_loggers
 from vitinit.engine.trainer import Trainer
 from vitinit.errors import ConfigError, DatasetError
 from vitinit.evaluation.coco import COCOEvaluator
 from vitinit.evaluation.inference import inference_on_dataset
 from vitinit.modeling.mask_rcnn import build_mask_rcnn, convert_sync_batchnorm
 from vitinit.modeling.vit import ViTBackboneConfig, load_backbone_state
-from vitinit.recipes.check import parse_recipe
+from vitinit.recipes import RecipeLike, as_recipe
+from vitinit.recipes.schema import Recipe, Split
 
 log = logging.getLogger(__name__)
 
 
 def build_model(
-    recipe: dict, backbone: ViTBackboneConfig, num_classes: int, input_norm: dict | None = None
+    recipe: RecipeLike, backbone: ViTBackboneConfig, num_classes: int, input_norm: dict | None = None
 ) -> torch.nn.Module:
     """The recipe's Mask R-CNN around ``backbone`` (see ``Recipe.detector_config``); ``input_norm``: the
     weights' recorded mean/std, used where the recipe leaves ``model.pixel_mean/std`` null."""
-    return build_mask_rcnn(parse_recipe(recipe).detector_config(backbone, num_classes, input_norm))
+    return build_mask_rcnn(as_recipe(recipe).detector_config(backbone, num_classes, input_norm))
+
+
+def build_initialized_model(recipe: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The recipe's Mask R-CNN with its backbone weights loaded and its position policy applied, as a run
+    starts; returns it (on the CPU) and the weights' provenance (``weights.json``, with the input
+    normalisation used under ``pixel_norm_used``)."""
+    backbone, state, provenance = load_weights(recipe)
+    backbone = backbone.replace(attention=recipe.model.attention)  # a run-time choice
+    mean, std, which = recipe.input_norm(provenance.get("input_norm"))
+    provenance = {**provenance, "pixel_norm_used": {"mean": list(mean), "std": list(std), "from": which}}
+    model = build_model(recipe, backbone, num_classes, provenance.get("input_norm"))
+    if state is not None:
+        load_backbone_state(model.backbone.vit, state)
+    vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline (model.detector.backbone_type)
+    changed = apply_position_policy(vit, recipe) if vit is not None else []
+    if changed:
+        provenance = {**provenance, "position_policy": changed}
+    return model, provenance
 
 
 @dataclass
@@ -50,35 +70,49 @@ class Datasets:
     val: CocoDetection
 
 
-def build_datasets(recipe: dict) -> Datasets:
-    d = recipe["data"]
-    size = d["image_size"]
-    train_tf = lsj_transform(size, scale_range=d["scale_range"], flip=d["flip"])
-    if d["dataset"] == "synthetic":
+def split_paths(recipe: Recipe) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """(images, annotations) of the train and the val split of ``recipe.data``."""
+    d = recipe.data
+    if d.dataset == "synthetic":
         from vitinit.data.synthetic import synthetic_coco
 
-        spec = parse_recipe(recipe).synthetic_spec()
+        spec = recipe.synthetic_spec()
         # Generated once, by the first process; the others wait and read the same cache.
         splits = synthetic_coco(spec) if du.is_main_process() else None
         du.barrier()
         splits = splits or synthetic_coco(spec)
         train = (splits.train_images, splits.train_annotations)
         val = (splits.val_images, splits.val_annotations)
-    elif d["dataset"] == "coco":
-        base = datasets_root(d["root"])
-        train = (base / d["train"]["images"], base / d["train"]["annotations"])
-        val = (base / d["val"]["images"], base / d["val"]["annotations"])
-        if not train[1].is_file() and d["train"]["images"] == "coco/train2017":
-            hint = coco2017_split("train", d["root"])
+    elif d.dataset == "coco":
+        base = datasets_root(d.root)
+        train, val = _under(base, d.train), _under(base, d.val)
+        if not train[1].is_file() and d.train.images == "coco/train2017":
+            hint = coco2017_split("train", d.root)
             raise DatasetError(
                 f"COCO 2017 not found: {hint.annotations} is missing; put COCO under "
                 f"{base}/coco or set $VITINIT_DATASETS (or data.root=...)"
             )
-    elif d["dataset"] == "custom":
-        train = (Path(d["train"]["images"]), Path(d["train"]["annotations"]))
-        val = (Path(d["val"]["images"]), Path(d["val"]["annotations"]))
+    elif d.dataset == "custom":
+        train, val = _under(Path(), d.train), _under(Path(), d.val)
     else:
-        raise ConfigError(f"data.dataset must be coco, custom or synthetic, got {d['dataset']!r}")
+        raise ConfigError(f"data.dataset must be coco, custom or synthetic, got {d.dataset!r}")
+    return train, val
+
+
+def _under(base: Path, split: Split) -> tuple[Path, Path]:
+    return base / split.images, base / split.annotations
+
+
+def build_val_dataset(recipe: Recipe) -> CocoDetection:
+    """The val split alone, as evaluation reads it (``vitinit eval``)."""
+    return CocoDetection(*split_paths(recipe)[1], transforms=test_transform(), with_targets=False)
+
+
+def build_datasets(recipe: RecipeLike) -> Datasets:
+    recipe = as_recipe(recipe)
+    d = recipe.data
+    train_tf = lsj_transform(d.image_size, scale_range=d.scale_range, flip=d.flip)
+    train, val = split_paths(recipe)
     ds = Datasets(
         train=CocoDetection(*train, transforms=train_tf, train=True),
         val=CocoDetection(*val, transforms=test_transform(), with_targets=False),
@@ -88,8 +122,8 @@ def build_datasets(recipe: dict) -> Datasets:
     return ds
 
 
-def _device(recipe: dict, device: torch.device) -> torch.device:
-    want = recipe["train"]["device"]
+def device_for(recipe: Recipe, device: torch.device) -> torch.device:
+    want = recipe.train.device
     if want == "cpu":
         return torch.device("cpu")
     if want == "cuda" and device.type != "cuda":
@@ -97,17 +131,21 @@ def _device(recipe: dict, device: torch.device) -> torch.device:
     return device
 
 
-def _amp(recipe: dict, device: torch.device) -> str | None:
-    amp = recipe["train"]["amp"]
+def _amp(recipe: Recipe, device: torch.device) -> str | None:
+    amp = recipe.train.amp
     if amp == "auto":
         return "bf16" if device.type == "cuda" else None
     return None if amp in (None, "none", False) else amp
 
 
-def train_worker(recipe: dict, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train_worker(
+    recipe: RecipeLike, run_dir: str | Path, resume: bool = False, progress: bool = True
+) -> dict:
     """Train and evaluate ``recipe`` in this process (one rank of a run when ``WORLD_SIZE`` is set)."""
+    # A library caller's hand-made recipe fails here, before any data is indexed; a Recipe passes as is.
+    recipe = as_recipe(recipe)
     run_dir = Path(run_dir)
-    device = _device(recipe, du.init_distributed())
+    device = device_for(recipe, du.init_distributed())
     world, rank = du.world_size(), du.rank()
     if device.type == "cpu" and world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
@@ -118,26 +156,19 @@ def train_worker(recipe: dict, run_dir: str | Path, resume: bool = False, progre
 
 
 def _train(
-    recipe: dict, run_dir: Path, device: torch.device, *, resume: bool, progress: bool, world: int, rank: int
+    recipe: Recipe, run_dir: Path, device: torch.device, *, resume: bool, progress: bool, world: int,
+    rank: int,
 ) -> dict:
     main = rank == 0
-    parse_recipe(recipe)  # a library caller's hand-made recipe fails here, before any data is indexed
-    seed = recipe["train"]["seed"]
+    seed = recipe.train.seed
+    check_loggers(recipe.train.loggers)  # a missing optional tracker fails before any data is indexed
     data = build_datasets(recipe)
     torch.manual_seed(seed)  # same fresh weights on every rank
-    backbone, state, provenance = load_weights(recipe)
-    backbone = backbone.replace(attention=recipe["model"].get("attention", "auto"))  # a run-time choice
-    mean, std, which = parse_recipe(recipe).input_norm(provenance.get("input_norm"))
+    model, provenance = build_initialized_model(recipe, data.train.num_classes)
     if main:
-        log.info("input normalisation: mean %s std %s, %s", list(mean), list(std), which)
-    provenance = {**provenance, "pixel_norm_used": {"mean": list(mean), "std": list(std), "from": which}}
-    model = build_model(recipe, backbone, data.train.num_classes, provenance.get("input_norm"))
-    if state is not None:
-        load_backbone_state(model.backbone.vit, state)
-    vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline (model.detector.backbone_type)
-    changed = apply_position_policy(vit, recipe) if vit is not None else []
-    if changed:
-        provenance = {**provenance, "position_policy": changed}
+        used = provenance["pixel_norm_used"]
+        log.info("input normalisation: mean %s std %s, %s", used["mean"], used["std"], used["from"])
+    vit = getattr(model.backbone, "vit", None)  # None for the ResNet baseline
     model = convert_sync_batchnorm(model, device).to(device)
     # Same weights everywhere (seeded above); from here each rank draws its own stream for drop path and
     # RPN/RoI sampling, as detectron2 seeds seed + rank.
@@ -145,26 +176,27 @@ def _train(
     folder = RunFolder(run_dir)
     resumed = H.restore_rng(folder.load_checkpoint()) if resume else None
     if resumed is not None:  # another size or recipe: refused before anything in the folder changes
-        run = f"the run's recipe {recipe['name']} ({recipe['model']['variant']})"
+        run = f"the run's recipe {recipe.name} ({recipe.model.variant})"
         check_same_model(resumed, model, checkpoint=folder.last_checkpoint, run=run)
     if main:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.write_weights(provenance)
         folder.write_recipe(recipe)
 
-    o, s, t = recipe["optim"], recipe["schedule"], recipe["train"]
+    o, s, t = recipe.optim, recipe.schedule, recipe.train
     optimizer = build_optimizer(
-        model, lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"], layer_decay=o["layer_decay"],
-        optimizer=o.get("optimizer", "adamw"), momentum=o.get("momentum", 0.9),
+        model, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, layer_decay=o.layer_decay,
+        optimizer=o.optimizer, momentum=o.momentum,
     )
     ddp_model = model
     if world > 1:
-        blocks = set(backbone.global_block_indexes)
-        unused = not blocks or len(blocks) == backbone.depth  # one shared rel-pos table is then unused
+        # All blocks windowed or all global: one of the two shared rel-pos tables is then unused.
+        blocks = set(vit.config.global_block_indexes) if vit is not None else set()
+        unused = vit is not None and (not blocks or len(blocks) == vit.config.depth)
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
         )
-        du.register_grad_compression(ddp_model, t.get("grad_compression", "none"))
+        du.register_grad_compression(ddp_model, t.grad_compression)
     # train.batch_size is the global batch: micro-batches per GPU × accumulation steps × processes.
     memory = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
     images_per_gpu, accumulation = batch_plan(recipe, world, memory)  # the model size's memory per image
@@ -173,17 +205,26 @@ def _train(
                  world)
 
     lr_hook = H.LRSchedule(
-        warmup_iters=s["warmup_iters"],
-        warmup_factor=s["warmup_factor"],
-        policy=s["policy"],
-        milestones=tuple(s["milestones"]),
-        gamma=s["gamma"],
+        warmup_iters=s.warmup_iters,
+        warmup_factor=s.warmup_factor,
+        policy=s.policy,
+        milestones=tuple(s.milestones),
+        gamma=s.gamma,
+    )
+    trackers = (
+        [WandbTracker(run_dir, recipe.name, recipe.to_dict(), [recipe.weights.init, recipe.model.variant])]
+        if main and "wandb" in t.loggers
+        else []
     )
     metrics = H.MetricsWriter(
-        folder.metrics, t["log_period"], lr_hook=lr_hook, tensorboard=folder.tensorboard
+        folder.metrics,
+        t.log_period,
+        lr_hook=lr_hook,
+        tensorboard=folder.tensorboard if "tensorboard" in t.loggers else False,
+        trackers=trackers,
     )
     tb_gallery = TensorBoardGallery(lambda: metrics.tb, data.val.annotation_file, data.val.image_dir)
-    epoch_of = lambda it: round(it * t["batch_size"] / recipe["data"]["epoch_images"], 4)  # noqa: E731
+    epoch_of = lambda it: round(it * t.batch_size / recipe.data.epoch_images, 4)  # noqa: E731
 
     def evaluate(iteration: int) -> dict:
         result = run_evaluation(model, data.val, recipe, device, folder.eval_dir(iteration))
@@ -195,24 +236,23 @@ def _train(
             folder.write_results(recipe, [*eval_hook.history, entry], "running", data.val.annotation_file)
         return entry
 
-    e = recipe["eval"]
-    eval_hook = H.Evaluate(evaluate, e["period"] or 0, at_start=e["at_start"])
-    checkpoint = H.Checkpoint(folder.checkpoints, t["checkpoint_period"])
+    eval_hook = H.Evaluate(evaluate, recipe.eval.period or 0, at_start=recipe.eval.at_start)
+    checkpoint = H.Checkpoint(folder.checkpoints, t.checkpoint_period)
     trainer = Trainer(
         ddp_model,
         optimizer,
         None,
-        max_iter=s["iters"],
+        max_iter=s.iters,
         device=device,
         amp=_amp(recipe, device),
-        clip_grad_norm=o["clip_grad_norm"],
+        clip_grad_norm=o.clip_grad_norm,
         accumulation_steps=accumulation,
         hooks=[
             lr_hook,
             eval_hook,
             checkpoint,
             metrics,
-            H.Progress(lr_hook=lr_hook, enabled=progress, description=recipe["name"]),
+            H.Progress(lr_hook=lr_hook, enabled=progress, description=recipe.name),
         ],
     )
     if resumed is not None:
@@ -234,26 +274,25 @@ def _train(
     if main and importlib.util.find_spec("tidecv") is not None:
         _tide(run_dir)
     if main:  # the run's own report and gallery (vitinit.analysis.run_report), then where to find them
-        size = recipe["data"]["image_size"]
-        write_run_report(run_dir, image_dir=data.val.image_dir, model=model, size=size)
+        write_run_report(run_dir, image_dir=data.val.image_dir, model=model, size=recipe.data.image_size)
         results = {**results, "run_dir": str(run_dir.resolve())}
     return results
 
 
 def _train_loader(
-    dataset: CocoDetection, recipe: dict, start_iter: int, rank: int, world: int, accumulation: int = 1
+    dataset: CocoDetection, recipe: Recipe, start_iter: int, rank: int, world: int, accumulation: int = 1
 ) -> torch.utils.data.DataLoader:
-    seed = recipe["train"]["seed"]
+    seed = recipe.train.seed
     sampler = StreamSampler(
         len(dataset),
-        batch_size=recipe["train"]["batch_size"],
+        batch_size=recipe.train.batch_size,
         seed=seed,
         start_iter=start_iter,
         rank=rank,
         world_size=world,
         accumulation_steps=accumulation,
     )
-    workers = recipe["data"]["num_workers"]
+    workers = recipe.data.num_workers
     # Its own generator: creating the loader's iterator would otherwise draw from the global RNG, which a
     # resumed run does at a different moment than an uninterrupted one.
     return torch.utils.data.DataLoader(
@@ -267,16 +306,16 @@ def _train_loader(
 
 
 def run_evaluation(
-    model: torch.nn.Module, dataset: CocoDetection, recipe: dict, device: torch.device, out_dir: Path
+    model: torch.nn.Module, dataset: CocoDetection, recipe: Recipe, device: torch.device, out_dir: Path
 ) -> dict:
     """COCO box and mask AP of ``model`` on ``dataset`` (each rank scores its share; results are gathered)."""
-    e = recipe["eval"]
+    e = recipe.eval
     evaluator = COCOEvaluator(dataset.annotation_file, dataset.label_to_category)
     inference_on_dataset(
         model, dataset, evaluator, device=device, collate_fn=collate,
-        indices=range(min(len(dataset), e["max_images"] or len(dataset))),
-        batch_size=e["batch_size"], num_workers=e.get("num_workers", 0),
-        amp=None if e.get("amp", "none") == "none" else e["amp"],  # float32 unless eval.amp asks
+        indices=range(min(len(dataset), e.max_images or len(dataset))),
+        batch_size=e.batch_size, num_workers=e.num_workers,
+        amp=None if e.amp == "none" else e.amp,  # float32 unless eval.amp asks (detectron2's do_test)
     )
     if du.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +157,10 @@ class MetricsWriter(HookBase):
         *,
         lr_hook: LRSchedule | None = None,
         tensorboard: bool | Path = True,
+        trackers: Sequence[Any] = (),
     ) -> None:
         self.path, self.period, self.lr_hook = Path(path), period, lr_hook
+        self.trackers = list(trackers)  # each with start(), log(record), close(): vitinit.engine.tracking
         # True: events beside the metrics file; a path: there (the run folder's); False: none.
         self.tensorboard = self.path.parent / "tensorboard" if tensorboard is True else tensorboard
         self.tb = None
@@ -180,12 +182,16 @@ class MetricsWriter(HookBase):
                 self.tb = None
             else:
                 self.tb = SummaryWriter(str(self.tensorboard), purge_step=start or None)
+        for tracker in self.trackers:
+            tracker.start()
 
     def write(self, record: dict[str, Any]) -> None:
         if not du.is_main_process():
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
         if self.tb is not None:
             step = record["iter"]
             for k, v in record.items():
@@ -216,6 +222,9 @@ class MetricsWriter(HookBase):
     def after_train(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if du.is_main_process():
+            for tracker in self.trackers:
+                tracker.close()
 
 
 class Progress(HookBase):

@@ -31,6 +31,7 @@ from vitinit.errors import TrainingError, VitinitError
 from vitinit.io.files import MAX_JSON_BYTES, MAX_LINE_BYTES, parse_json, read_json, read_lines, write_json
 from vitinit.io.save import atomic_path
 from vitinit.recipes import check_saved_recipe, to_yaml
+from vitinit.recipes.schema import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,10 @@ def _summary(entry: dict | None) -> dict | None:
     return None if entry is None else {k: entry[k] for k in ("iter", "epoch", "bbox", "segm") if k in entry}
 
 
+def _plain(recipe: Recipe | dict) -> dict:
+    return recipe.to_dict() if isinstance(recipe, Recipe) else recipe
+
+
 @dataclass(frozen=True, init=False)
 class RunFolder:
     """One run's folder. Paths are properties; ``read_*`` / ``write_*`` own each file's format.
@@ -199,9 +204,9 @@ class RunFolder:
         return self.path / eval_name(iteration)
 
     # --- writing (the main process of a run) ---
-    def write_recipe(self, recipe: dict) -> None:
+    def write_recipe(self, recipe: Recipe | dict) -> None:
         with atomic_path(self.recipe) as tmp:
-            tmp.write_text(to_yaml(recipe))
+            tmp.write_text(to_yaml(_plain(recipe)))
 
     def write_weights(self, provenance: dict) -> None:
         write_json(self.weights, provenance)
@@ -213,9 +218,15 @@ class RunFolder:
         )
 
     def write_results(
-        self, recipe: dict, history: list[dict], status: str, val_annotations: Path, error: str | None = None
+        self,
+        recipe: Recipe | dict,
+        history: list[dict],
+        status: str,
+        val_annotations: Path,
+        error: str | None = None,
     ) -> dict:
         """``results.json``: the run's status, its final and best evaluation, where its detections are."""
+        recipe = _plain(recipe)
         final = history[-1] if history else None
         best = max(history, key=lambda e: e["bbox"]["AP"] or 0.0) if history else None
         results = {
