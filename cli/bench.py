@@ -29,8 +29,8 @@ def bench(
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
-        help="Print the resolved recipe, the weights' source and the batch plan on --gpus (several recipes: a "
-        "table with the estimated GPU-hours of each); run nothing.",
+        help="Print the resolved recipe, the weights' source and the batch plan on --gpus (several "
+        "recipes: a table with the estimated GPU-hours of each); run nothing.",
     ),
     gpus: int = typer.Option(
         1,

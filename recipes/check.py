@@ -114,7 +114,8 @@ def _check_field(key: str, value: Any, tp: Any, meta: dict) -> None:
     if typing.get_args(tp) == (str,) and meta["choices"]:  # a list of strings with choices (train.loggers)
         unknown = [v for v in value if v not in meta["choices"]]
         if unknown:
-            raise ConfigError(f"{key} items must be among {', '.join(meta['choices'])}, got {quote(unknown[0])}")
+            among = ", ".join(meta["choices"])
+            raise ConfigError(f"{key} items must be among {among}, got {quote(unknown[0])}")
     if isinstance(value, str) and meta["choices"] and value not in meta["choices"]:
         hint = difflib.get_close_matches(value, [str(c) for c in meta["choices"]], n=1)
         also = " or a list of integers" if tp is not str else ""

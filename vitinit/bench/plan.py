@@ -26,7 +26,9 @@ def batch_plan(recipe: RecipeLike, world_size: int, gpu_memory: int | None) -> t
     recipe = as_recipe(recipe)
     t = recipe.train
     per_image, _ = memory_per_image(recipe)
-    return accumulation_plan(t.batch_size, world_size, t.images_per_gpu, gpu_memory, bytes_per_image=per_image)
+    return accumulation_plan(
+        t.batch_size, world_size, t.images_per_gpu, gpu_memory, bytes_per_image=per_image
+    )
 
 
 def plan_lines(recipe: RecipeLike, gpus: int, gpu_memory: int | None = None) -> list[str]:
