@@ -141,6 +141,11 @@ ADDED_KEYS = {
     ("train", "grad_compression"): "none",
     ("eval", "num_workers"): 0,
     ("train", "loggers"): ["tensorboard"],
+    ("optim", "optimizer"): "adamw",
+    ("optim", "momentum"): 0.9,
+    # Older runs evaluated under the training autocast; a resumed run evaluates in float32 as detectron2
+    # does (the one key whose old behaviour is not kept: it only changes the reported numbers' precision).
+    ("eval", "amp"): "none",
 }
 
 

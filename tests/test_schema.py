@@ -135,3 +135,16 @@ def test_list_keys_prints_every_knob_with_type_and_value():
     assert keys["train.batch_size"].value == 4
     assert keys["model.detector.box_head_fc"].value == 256  # set by demo.yaml
     assert keys["model.detector.rpn_nms_thresh"].help.endswith("its default")  # MaskRCNNConfig's own default
+
+
+def test_a_recipe_saved_before_the_newest_keys_still_resumes(tmp_path):
+    """A run folder written before ``optim.optimizer`` / ``optim.momentum`` / ``eval.amp`` /
+    ``train.loggers`` existed resumes with the keys' old behaviour, not a schema error."""
+    from vitinit.recipes import check_saved_recipe, to_plain
+
+    tree = to_plain(load_recipe("demo"))
+    for section, key in (("optim", "optimizer"), ("optim", "momentum"), ("eval", "amp"), ("train", "loggers")):
+        del tree[section][key]
+    checked = check_saved_recipe(tree, tmp_path / "recipe.yaml")
+    assert checked["optim"]["optimizer"] == "adamw" and checked["eval"]["amp"] == "none"
+    assert parse_recipe(checked).optim.optimizer == "adamw"
