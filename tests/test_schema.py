@@ -143,7 +143,8 @@ def test_a_recipe_saved_before_the_newest_keys_still_resumes(tmp_path):
     from vitinit.recipes import check_saved_recipe, to_plain
 
     tree = to_plain(load_recipe("demo"))
-    for section, key in (("optim", "optimizer"), ("optim", "momentum"), ("eval", "amp"), ("train", "loggers")):
+    new_keys = (("optim", "optimizer"), ("optim", "momentum"), ("eval", "amp"), ("train", "loggers"))
+    for section, key in new_keys:
         del tree[section][key]
     checked = check_saved_recipe(tree, tmp_path / "recipe.yaml")
     assert checked["optim"]["optimizer"] == "adamw" and checked["eval"]["amp"] == "none"
