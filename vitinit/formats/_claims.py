@@ -42,13 +42,32 @@ def config_int(cfg: Mapping[str, Any], key: str, *, what: str, bound: str, where
     return value
 
 
-def config_eps(cfg: Mapping[str, Any], key: str, default: float, *, where: str) -> float:
-    """A layer-norm epsilon: a finite number in (0, 1)."""
+def config_number(
+    cfg: Mapping[str, Any], key: str, default: float, *, lo: float, hi: float, where: str
+) -> float:
+    """``cfg[key]`` (``default`` when absent) as a finite number strictly between ``lo`` and ``hi``."""
     value = cfg.get(key, default)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not 0 < value < 1:
-        raise CheckpointFormatError(f"{where}: {key} must be a number between 0 and 1, got {quote(value)}")
+    if not ok or not lo < value < hi:
+        raise CheckpointFormatError(
+            f"{where}: {key} must be a number between {lo:g} and {hi:g}, got {quote(value)}"
+        )
     return float(value)
+
+
+def config_eps(cfg: Mapping[str, Any], key: str, default: float, *, where: str) -> float:
+    """A layer-norm epsilon: a finite number in (0, 1)."""
+    return config_number(cfg, key, default, lo=0, hi=1, where=where)
+
+
+# transformers config.json keys that state a size the tensors also have: (key, name above, what it is).
+HF_SIZE_KEYS = (
+    ("hidden_size", "width", "the ViT's width"),
+    ("num_hidden_layers", "depth", "the ViT's depth"),
+    ("patch_size", "patch", "the patch side"),
+    ("intermediate_size", "mlp", "the MLP's width"),
+    ("num_attention_heads", "heads", "the head count"),
+)
 
 
 def tensor_sizes(tensors: TensorMap) -> dict[str, int]:
@@ -92,3 +111,25 @@ def heads_from_config(
             raise SpecMismatchError(f"--num-heads {num_heads} contradicts {where}, which says {heads} heads")
         return num_heads, "--num-heads"
     return heads, where
+
+
+def config_sizes(
+    cfg: Mapping[str, Any], keys: tuple[tuple[str, str, str], ...], tensors: TensorMap, *, where: str
+) -> dict[str, int | None]:
+    """The sizes ``cfg`` claims under ``keys`` ((config key, name, what it is), ...), each type- and
+    range-checked, the shapes checked against ``tensors`` (the head count is only type-checked here)."""
+    claimed = {name: config_int(cfg, key, what=what, bound=name, where=where) for key, name, what in keys}
+    check_claims({k: v for k, v in claimed.items() if k != "heads"}, tensors, where=where)
+    return claimed
+
+
+def config_heads(
+    cfg: Mapping[str, Any], tensors: TensorMap, *, num_heads: int | None, where: str,
+    keys: tuple[tuple[str, str, str], ...] = HF_SIZE_KEYS,
+) -> tuple[int | None, str]:
+    """(head count, where it came from) of a config whose sizes (``keys``, transformers' by default) must
+    agree with ``tensors``: :func:`config_sizes`, then :func:`heads_from_config`."""
+    claimed = config_sizes(cfg, keys, tensors, where=where)
+    return heads_from_config(
+        claimed.get("heads"), tensor_sizes(tensors).get("width"), num_heads=num_heads, where=where
+    )

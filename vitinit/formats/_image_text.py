@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, quote
 from vitinit.families import DISPLAY_NAMES
+from vitinit.formats._claims import config_eps, config_heads
 from vitinit.formats._common import (
     LazyMap,
     build_checkpoint,
@@ -87,23 +88,26 @@ def hf_vision_config(raw: RawCheckpoint) -> dict:
 
 
 def read_hf_tower(
-    raw: RawCheckpoint, fmt: str, defaults: dict
+    raw: RawCheckpoint, fmt: str, defaults: dict, *, num_heads: int | None = None
 ) -> tuple[TensorMap, dict[str, str], str, float, int | None]:
     """(tensors, dropped, MLP kind, eps, heads or None) of a transformers CLIP / SigLIP folder; ``defaults``:
-    the config class's ``hidden_act`` and ``layer_norm_eps``, for configs that leave them out."""
+    the config class's ``hidden_act`` and ``layer_norm_eps``, for configs that leave them out. The config's
+    sizes must agree with the tensors (:func:`~vitinit.formats._claims.config_heads`)."""
     cfg = hf_vision_config(raw)
+    where = f"{raw.path}: config.json" + (" vision_config" if cfg is not raw.config else "")
     tensors, dropped = canonical_from_hf(
         dict(raw.tensors()), fmt, renames=HF_RENAMES, drops=HF_DROPS, roots=HF_ROOTS
     )
     if "pos_embed" in tensors:
         tensors["pos_embed"] = rows_to_batch(tensors["pos_embed"])
     act = cfg.get("hidden_act", defaults["hidden_act"])
-    if act not in HF_ACTIVATIONS:
+    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
         raise CheckpointFormatError(
-            f"{fmt}: hidden_act {act!r} is not supported (supported: {', '.join(HF_ACTIVATIONS)})"
+            f"{fmt}: hidden_act {quote(act)} is not supported (supported: {', '.join(HF_ACTIVATIONS)})"
         )
-    eps = float(cfg.get("layer_norm_eps", defaults["layer_norm_eps"]))
-    return tensors, dropped, HF_ACTIVATIONS[act], eps, cfg.get("num_attention_heads")
+    eps = config_eps(cfg, "layer_norm_eps", defaults["layer_norm_eps"], where=where)
+    heads, _ = config_heads(cfg, tensors, num_heads=num_heads, where=where)
+    return tensors, dropped, HF_ACTIVATIONS[act], eps, heads
 
 
 def canonical_from_timm_tower(sd: LazyMap, fmt: str) -> tuple[TensorMap, dict[str, str]]:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import vitinit.formats._image_text as it
 from vitinit.canonical import Checkpoint, TensorMap
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, SpecMismatchError, quote
+from vitinit.formats._claims import config_eps, config_int, config_sizes, heads_from_config, tensor_sizes
 from vitinit.formats._common import DECLARED, LazyMap, Score, record_dropped, state_dict_of
 from vitinit.formats.hf import canonical_from_hf
 from vitinit.io.load import RawCheckpoint
@@ -109,6 +110,37 @@ def _open_clip_tensors(sd: LazyMap, fmt: str) -> tuple[TensorMap, dict[str, str]
     return tensors, dropped
 
 
+# open_clip vision_cfg keys that state a size the tensors also have: (key, _claims name, what it is).
+_OPEN_CLIP_SIZE_KEYS = (
+    ("width", "width", "the tower's width"),
+    ("layers", "depth", "the tower's depth"),
+    ("patch_size", "patch", "the patch side"),
+)
+
+
+def _open_clip_eps_heads(
+    raw: RawCheckpoint, vision: dict, tensors: TensorMap, num_heads: int | None
+) -> tuple[float, int | None]:
+    """(LayerNorm eps, heads) of an open_clip folder's vision_cfg, its sizes checked against the tensors:
+    the heads are width / head_width (open_clip's VisionTransformer), 64-wide by default."""
+    where = f"{raw.path}: open_clip_config.json vision_cfg"
+    norm_kwargs = vision.get("norm_kwargs") or {}
+    if not isinstance(norm_kwargs, dict):
+        raise CheckpointFormatError(f"{where}: norm_kwargs must be a mapping, got {quote(norm_kwargs)}")
+    eps = config_eps(norm_kwargs, "eps", 1e-5, where=f"{where} norm_kwargs")  # open_clip's LayerNorm default
+    head_width = config_int(vision, "head_width", what="the width of one head", bound="width", where=where)
+    config_sizes(vision, _OPEN_CLIP_SIZE_KEYS, tensors, where=where)
+    width = tensor_sizes(tensors).get("width")
+    if width is None or (head_width is None and width % 64):
+        return eps, None  # open_clip's default 64-wide heads do not fit: the size table or --num-heads
+    head_width = head_width or 64
+    if width % head_width:
+        raise SpecMismatchError(f"{where}: head_width {head_width} does not divide the weights' width "
+                                f"{width}")
+    heads, _ = heads_from_config(width // head_width, width, num_heads=num_heads, where=where)
+    return eps, heads
+
+
 def read(
     raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None, family: str | None = None
 ) -> Checkpoint:
@@ -117,17 +149,19 @@ def read(
     prefix: int | None = 1  # CLIP's position rows: the class row, then the grid
     if raw.container == "hf-folder":
         fmt = MODEL_TYPES.get((raw.config or {}).get("model_type"), "hf/clip")
-        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS)
+        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS, num_heads=num_heads)
         notes.append(f"hidden_act, layer_norm_eps {eps:g} and heads from config.json")
     elif raw.container == "open_clip-folder":
         fmt = "clip/open_clip-folder"
         vision = _open_clip_vision_cfg(raw)
         tensors, dropped = _open_clip_tensors(_state_dict(raw), fmt)
-        model_cfg = (raw.config or {}).get("model_cfg") or {}
-        mlp = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
-        eps = float((vision.get("norm_kwargs") or {}).get("eps", 1e-5))  # open_clip's LayerNorm default
-        width = tensors["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in tensors else 0
-        heads_hint = width // int(vision.get("head_width", 64)) or None
+        quick = ((raw.config or {}).get("model_cfg") or {}).get("quick_gelu", False)  # a dict: scored
+        if not isinstance(quick, bool):
+            raise CheckpointFormatError(
+                f"{raw.path}: open_clip_config.json quick_gelu must be true or false, got {quote(quick)}"
+            )
+        mlp = "quick_gelu" if quick else "gelu"
+        eps, heads_hint = _open_clip_eps_heads(raw, vision, tensors, num_heads)
         notes.append("quick_gelu and heads (width / head_width) from open_clip_config.json")
     elif raw.container == "timm-folder":
         fmt = "clip/timm-folder"

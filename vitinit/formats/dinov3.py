@@ -28,7 +28,8 @@ import re
 import torch
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, quote
+from vitinit.formats._claims import config_eps, config_heads, config_number
 from vitinit.formats._common import (
     DECLARED,
     IMAGENET_NORM,
@@ -185,7 +186,8 @@ def _hf(sd: dict, cfg: dict) -> tuple[TensorMap, dict]:
 
 def _grid(img_size, patch_size) -> tuple[int, int] | None:
     """The token grid a config's image and patch size give (the source's own resolution), or None."""
-    if isinstance(img_size, int) and isinstance(patch_size, int) and img_size % patch_size == 0:
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (img_size, patch_size))
+    if ints and img_size % patch_size == 0:
         return img_size // patch_size, img_size // patch_size
     return None
 
@@ -201,12 +203,14 @@ def read(
     if raw.container == "hf-folder":
         fmt = "hf/dinov3_vit"
         tensors, dropped = _hf(dict(raw.tensors()), cfg)
-        heads_hint, eps = cfg.get("num_attention_heads"), float(cfg.get("layer_norm_eps", 1e-5))
+        where = f"{raw.path}: config.json"
+        heads_hint, _ = config_heads(cfg, tensors, num_heads=num_heads, where=where)
+        eps = config_eps(cfg, "layer_norm_eps", 1e-5, where=where)
         k_bias = bool(cfg.get("key_bias"))
         grid = _grid(cfg.get("image_size"), cfg.get("patch_size")) or grid
-        base = float(cfg.get("rope_theta", ROPE_BASE))
+        base = config_number(cfg, "rope_theta", ROPE_BASE, lo=0, hi=1e9, where=where)
         if cfg.get("hidden_act", "gelu") not in ("gelu", "silu"):
-            raise CheckpointFormatError(f"{fmt}: hidden_act {cfg.get('hidden_act')!r} is not supported")
+            raise CheckpointFormatError(f"{fmt}: hidden_act {quote(cfg.get('hidden_act'))} is not supported")
     else:
         sd = state_dict_of(raw, ("model", "teacher", "state_dict"))
         fmt = _layout(sd) or "dinov3/timm"

@@ -27,7 +27,8 @@ import re
 import torch
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
-from vitinit.errors import CheckpointFormatError
+from vitinit.errors import CheckpointFormatError, quote
+from vitinit.formats._claims import config_int
 from vitinit.formats._common import (
     Score,
     build_checkpoint,
@@ -144,6 +145,19 @@ def _check_stored_rope(sd: dict, head_dim: int) -> tuple[int, int]:
     raise CheckpointFormatError("eva02/official: the stored rope tables are not EVA's rule (theta 10000)")
 
 
+def _ref_feat_shape(args: dict, where: str) -> tuple[int, int]:
+    """timm's ``ref_feat_shape`` (the RoPE pre-training grid: one side or two), checked."""
+    pt = args.get("ref_feat_shape") or PRETRAIN_ROPE_GRID
+    pt = [pt] * 2 if isinstance(pt, int) and not isinstance(pt, bool) else pt
+    if not (isinstance(pt, list | tuple) and len(pt) in (1, 2)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 1024 for x in pt)):
+        raise CheckpointFormatError(
+            f"{where}: ref_feat_shape must be one or two integers from 1 to 1024 (the RoPE pre-training "
+            f"grid), got {quote(pt)}"
+        )
+    return (pt[0], pt[-1])
+
+
 def read(
     raw: RawCheckpoint, *, model: str | None = None, num_heads: int | None = None, family: str | None = None
 ) -> Checkpoint:
@@ -152,9 +166,8 @@ def read(
     fmt = _layout(sd) or "eva02/timm"
     tensors, dropped = _canonical(sd, fmt)
     args = cfg.get("model_args") or {}
-    pt, heads_hint = tuple(args.get("ref_feat_shape") or PRETRAIN_ROPE_GRID), args.get("num_heads")
-    if isinstance(pt[0], int) and len(pt) == 1:
-        pt = (pt[0], pt[0])
+    pt = _ref_feat_shape(args, f"{raw.path}: config.json model_args")
+    heads_hint = config_int(args, "num_heads", what="the head count", bound="heads", where=str(raw.path))
     stored = sd.get("rope.freqs_cos", sd.get("blocks.0.attn.rope.freqs_cos"))
     if stored is not None:
         d = tensors["blocks.0.attn.qkv.weight"].shape[1]

@@ -16,7 +16,7 @@ import re
 
 from vitinit.canonical import Checkpoint, LazyTensor, TensorMap
 from vitinit.errors import CheckpointFormatError
-from vitinit.formats._claims import check_claims, config_eps, config_int, heads_from_config, tensor_sizes
+from vitinit.formats._claims import config_eps, config_heads
 from vitinit.formats._common import (
     DECLARED,
     WHY_DROPPED,
@@ -94,15 +94,6 @@ _DROPS: list[tuple[str, str, str]] = [
     (r"^(classifier|lm_head)\.", "classifier.* / lm_head.*", "classifier / MIM head"),
 ]
 
-
-# config.json keys that state a size the tensors also have: (key, _claims name, what it is).
-_SIZE_KEYS = (
-    ("hidden_size", "width", "the ViT's width"),
-    ("num_hidden_layers", "depth", "the ViT's depth"),
-    ("patch_size", "patch", "the patch side"),
-    ("intermediate_size", "mlp", "the MLP's width"),
-    ("num_attention_heads", "heads", "the head count"),
-)
 
 
 def _model_type(raw: RawCheckpoint) -> str | None:
@@ -231,12 +222,7 @@ def read(
     check_label(model_type, list(sd), where)
     tensors, dropped = canonical_from_hf(sd, fmt)
     eps = config_eps(cfg, "layer_norm_eps", 1e-12, where=where)
-    claimed = {name: config_int(cfg, key, what=what, bound=name, where=where)
-               for key, name, what in _SIZE_KEYS}
-    check_claims({k: v for k, v in claimed.items() if k != "heads"}, tensors, where=where)
-    heads, heads_from = heads_from_config(
-        claimed["heads"], tensor_sizes(tensors).get("width"), num_heads=num_heads, where=where
-    )
+    heads, heads_from = config_heads(cfg, tensors, num_heads=num_heads, where=where)
     notes = [f"layer_norm_eps {eps:g} from config.json"]
     if heads_from != "--num-heads" and heads is not None:
         notes.append(f"{heads} heads from config.json num_attention_heads")

@@ -85,7 +85,7 @@ def read(
     heads_hint = None
     if raw.container == "hf-folder":
         fmt = MODEL_TYPES.get((raw.config or {}).get("model_type"), "hf/siglip")
-        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS)
+        tensors, dropped, mlp, eps, heads_hint = it.read_hf_tower(raw, fmt, HF_DEFAULTS, num_heads=num_heads)
         notes.append(f"hidden_act, layer_norm_eps {eps:g} and heads from config.json")
     elif raw.container in ("timm-folder", "open_clip-folder"):
         cfg = raw.config or {}

@@ -22,7 +22,7 @@ import vitinit.formats.mae as mae
 import vitinit.formats.siglip as siglip
 import vitinit.formats.supervised as supervised
 from vitinit.canonical import Checkpoint
-from vitinit.errors import CheckpointFormatError, first_line, quote
+from vitinit.errors import CheckpointFormatError, SpecMismatchError, first_line, quote
 from vitinit.formats._claims import check_claims, config_int, heads_from_config, tensor_sizes
 from vitinit.formats._common import DECLARED, Score
 from vitinit.io.load import RawCheckpoint
@@ -141,6 +141,8 @@ def read(
         raise CheckpointFormatError(f"{raw.path}: timm {why} is not a supported initialization")
     where = f"{raw.path}: config.json ({why})"
     sizes, heads_from = claimed_sizes(cfg, where)
+    if sizes["width"] and sizes["heads"] and sizes["width"] % sizes["heads"]:  # before timm builds it
+        raise SpecMismatchError(f"{where}: {sizes['heads']} heads do not divide the width {sizes['width']}")
     # The reader is told the head count only once the shapes agree with the config (checked below).
     tensors = _READERS[family].read(raw, model=model, num_heads=num_heads or 1, family=family).tensors
     check_claims({k: sizes[k] for k in ("width", "depth", "patch")}, tensors, where=where)
