@@ -4,12 +4,61 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from vitinit_cli._common import console, setup_logging, user_errors
 
+from vitinit.errors import quote
 from vitinit.families import FAMILIES
+from vitinit.io.load import RawCheckpoint
+
+
+def _vitdet_metadata(raw: RawCheckpoint) -> dict | None:
+    """The metadata of a file written by ``vitinit convert --to vitdet`` (``.safetensors`` or its ``.pth``
+    copy, whose ``metadata`` entry holds the same strings), None for any other file."""
+    from vitinit.targets.vitdet import is_vitdet
+
+    node = raw.metadata if raw.container == "safetensors" else raw.tree.get("metadata")
+    metadata = {str(k): v for k, v in node.items()} if isinstance(node, Mapping) else {}
+    return metadata if is_vitdet(metadata) else None
+
+
+def _text(value: object) -> Text:
+    """A metadata value as plain text (never rich markup), cut to a readable length."""
+    return Text(value if isinstance(value, str) and len(value) <= 200 else quote(value, 200))
+
+
+def _show_vitdet(source: str, metadata: dict, n_tensors: int) -> None:
+    """What a converted backbone is and where it came from, as its metadata records it."""
+    from vitinit.targets.vitdet import parse_vitdet_metadata
+
+    config, prov = parse_vitdet_metadata(source, metadata)
+    prov = prov if isinstance(prov, dict) else {}
+    console.print(
+        f"{source}: a vitinit [bold]vitdet[/] backbone (format {metadata.get('format_version')}, written by "
+        f"vitinit {metadata.get('vitinit_version')}), {n_tensors} tensors",
+        highlight=False, soft_wrap=True,
+    )
+    info = Table(show_header=False, title="provenance", title_justify="left")
+    for key in ("family", "format", "source", "sha256"):
+        info.add_row(key, _text(prov.get(key)))
+    norm = prov.get("input_norm")
+    if isinstance(norm, dict) and norm:
+        mean_std = f"{norm.get('mean')} / {norm.get('std')} ({norm.get('from')})"
+        info.add_row("input mean / std", _text(mean_std))
+    else:
+        info.add_row("input mean / std", "not recorded")
+    for k, v in (prov.get("normalization") if isinstance(prov.get("normalization"), dict) else {}).items():
+        info.add_row(_text(f"normalized: {str(k).replace('_', ' ')}"), _text(v))
+    console.print(info)
+    dropped = Table("dropped", "why", title="not part of the backbone", title_justify="left")
+    for k, why in (prov.get("dropped") if isinstance(prov.get("dropped"), dict) else {}).items():
+        dropped.add_row(_text(k), _text(why))
+    console.print(dropped)
+    console.print(Text(f"backbone config: {config.to_json()}"), soft_wrap=True)  # rebuilt: bounded
 
 
 def register(app: typer.Typer) -> None:
@@ -56,6 +105,10 @@ def inspect_cmd(
     from vitinit.normalize.detection import detection_config, to_vitdet
 
     raw = open_checkpoint(source)
+    metadata = _vitdet_metadata(raw)
+    if metadata is not None:  # vitinit's own output: its provenance, not a guess from the keys
+        _show_vitdet(source, metadata, len(raw.tensors()))
+        return
     shapes = {k: t.shape for k, t in raw.tensors().items()}
     keys = Table(title=f"{source}: {raw.container}, {len(shapes)} tensors", title_justify="left")
     keys.add_column("keys")

@@ -111,6 +111,23 @@ def test_inspect_prints_format_keys_dropped_and_plan(files):
         assert expected in text, expected
 
 
+def test_inspect_shows_a_converted_backbone_provenance(files, tmp_path):
+    """Before: inspect tried the readers on vitinit's own output and read it as BEiT (unexpected key
+    rel_pos_global...). The metadata marks it: inspect shows where it came from (file and .pth copy)."""
+    out = tmp_path / "mae-vitdet.safetensors"
+    res = run("convert", str(files / "mae.pth"), "--num-heads", "2", "--size", "64", "--window-size", "4",
+              "-o", str(out), "--pth")
+    assert res.exit_code == 0, res.output
+    for path in (out, out.with_suffix(".pth")):
+        res = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        for expected in ("vitdet backbone", "family │ mae", sha256_file(files / "mae.pth"), "decoder_*",
+                         "normalized: grid", "[8, 8]", '"window_size": 4'):
+            assert expected in text, (expected, res.output)
+        assert "error" not in text and "unexpected key" not in text
+
+
 def test_detectron2_target(files, tmp_path):
     out = tmp_path / "d2.pth"
     res = run("convert", str(files / "beit.pth"), "--to", "detectron2", "--num-heads", "2", "-o", str(out))
