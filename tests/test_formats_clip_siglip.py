@@ -134,6 +134,21 @@ def test_detectron2_target_refuses_the_towers_in_one_line(made, name, why):
     assert "\n" not in str(e.value) and why in str(e.value) and "--to vitdet" in str(e.value)
 
 
+def test_detectron2_target_refusal_reads_as_one_sentence(made):
+    """Before: "cannot express clip's a quick_gelu MLP (its Mlp is exact GELU)"."""
+    from vitinit.errors import SpecMismatchError
+    from vitinit.normalize.options import NormalizeOptions
+    from vitinit.targets import detectron2 as d2_target
+
+    with pytest.raises(SpecMismatchError) as e:
+        d2_target.normalize(_read("clip_hf_full", made["clip_hf_full"][0]), NormalizeOptions())
+    assert str(e.value) == (
+        "--to detectron2: upstream ViTDet's ViT has no quick_gelu activation (its MLP is exact GELU) or norm "
+        "before the blocks (ln_pre), which these clip weights need (there they would compute something "
+        "else); use --to vitdet, whose backbone has them"
+    )
+
+
 def test_recorded_normalisation_reaches_inspect_and_the_recipes(made):
     """open_clip's preprocess_cfg is shown by ``inspect``; clip-vitb / siglip2-vitb leave pixel_mean/std null,
     so the bench normalises with what the weights recorded."""

@@ -158,5 +158,7 @@ def test_every_capability_converts_to_a_strictly_loading_vitdet_file(tmp_path):
     assert "EVA RoPE" in written.provenance["normalization"]["rope"]
     net = DetectionViT(written.config)
     load_backbone_state(net, written.state_dict)
-    with pytest.raises(SpecMismatchError, match="RoPE, a SwiGLU MLP.*convert --to vitdet"):
+    everything = "EVA RoPE, SwiGLU MLP, MLP sub-LayerNorm or norm before the blocks .ln_pre."
+    need = f"ViT has no {everything}, which these dinov3 weights need .*; use --to vitdet"
+    with pytest.raises(SpecMismatchError, match=need):
         d2_target.normalize(ckpt, NormalizeOptions())

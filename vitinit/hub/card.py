@@ -18,7 +18,7 @@ from vitinit.errors import CheckpointFormatError
 from vitinit.io.registry import OFFICIAL_CHECKPOINTS
 from vitinit.io.save import sha256_file
 from vitinit.modeling.vit import ViTBackboneConfig
-from vitinit.normalize.detectron2 import inexpressible
+from vitinit.normalize.detectron2 import inexpressible, listed
 from vitinit.targets.vitdet import parse_vitdet_metadata
 from vitinit.variants import infer_variant
 
@@ -177,7 +177,7 @@ def _detectron2_section(info: VitdetFile, source: str) -> list[str]:
     missing = inexpressible(info.config)
     if missing:
         return [
-            f"Not possible: upstream ViTDet's ViT has no {', '.join(missing)}, so `--to detectron2` refuses "
+            f"Not possible: upstream ViTDet's ViT has no {listed(missing)}, so `--to detectron2` refuses "
             "this source; use this backbone (above) instead."
         ]
     return [

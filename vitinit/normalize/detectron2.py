@@ -25,34 +25,42 @@ PREFIX = "backbone.net."
 
 def inexpressible(spec) -> list[str]:
     """What of ``spec`` (a ``ViTSpec`` or a ``ViTBackboneConfig``: same field names) detectron2's ViT cannot
-    compute (it has learned absolute positions, a GELU MLP and no norm before its blocks); empty if none."""
+    compute (it has learned absolute positions, an exact-GELU MLP and no norm before its blocks), as noun
+    phrases that read after "has no"; empty if none."""
     why = []
     if spec.rope is not None:
         why.append({"dinov3": "DINOv3", "eva": "EVA"}[spec.rope.variant] + " RoPE")
-    if spec.mlp != "gelu":
-        why.append({"swiglu": "a SwiGLU MLP"}.get(spec.mlp, f"a {spec.mlp} MLP (its Mlp is exact GELU)"))
+    if spec.mlp == "swiglu":
+        why.append("SwiGLU MLP")
+    elif spec.mlp != "gelu":
+        why.append(f"{spec.mlp} activation (its MLP is exact GELU)")
     if spec.mlp_norm:
-        why.append("an MLP sub-LayerNorm")
+        why.append("MLP sub-LayerNorm")
     if spec.pre_norm:
-        why.append("a norm before the blocks (ln_pre)")
+        why.append("norm before the blocks (ln_pre)")
     return why
+
+
+def listed(items: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``: what :func:`inexpressible` found, after "has no"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def normalize(ckpt: Checkpoint, options: NormalizeOptions) -> Normalized:
     """``backbone.net.*`` tensors for detectron2's ViT, and the provenance with ``normalization`` filled."""
     spec, t = ckpt.spec, ckpt.tensors
+    family = ckpt.provenance.family
     missing = inexpressible(spec)
     if missing:
         raise SpecMismatchError(
-            f"--to detectron2 cannot express {ckpt.provenance.family}'s {', '.join(missing)}: upstream "
-            "ViTDet's ViT has none of them, so its weights would compute something else; convert --to "
-            "vitdet, whose backbone has them"
+            f"--to detectron2: upstream ViTDet's ViT has no {listed(missing)}, which these {family} weights "
+            "need (there they would compute something else); use --to vitdet, whose backbone has them"
         )
     if spec.rel_pos != "none" and not options.drop_rel_pos:
         raise SpecMismatchError(
-            f"--to detectron2 cannot hold {ckpt.provenance.family}'s relative position bias tables "
-            "(ViTDet uses decomposed rel_pos_h/rel_pos_w); pass --drop-rel-pos to drop them (they would be "
-            "zero-initialized), or convert --to vitdet, which keeps them"
+            f"--to detectron2: upstream ViTDet's ViT has no place for these {family} weights' relative "
+            "position bias tables (it uses decomposed rel_pos_h/rel_pos_w); use --to vitdet, which keeps "
+            "them, or pass --drop-rel-pos to drop them (rel_pos_h/w zero-initialized)"
         )
     record: dict = {
         "target": "detectron2",
