@@ -167,7 +167,9 @@ def convert(
     writer = TARGETS[target]
     # A streaming target's source is hashed by a second thread from the moment its local path is known,
     # while it is parsed and the output written (the hash only lands in the header, rewritten at the end);
-    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py.
+    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py. A
+    # source hashed before, or downloaded by vitinit, is not read again (vitinit.io.hash_cache): the output's
+    # hash then starts with the first byte written.
     hash_later = writer.streams and family != "random"
     source = local_source(source, family=family, model=model, progress=progress)
     stop = threading.Event()
