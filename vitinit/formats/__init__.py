@@ -166,9 +166,14 @@ def source_sha256(path: str | Path, *, cancel: threading.Event | None = None) ->
     """sha256 of a checkpoint file, or of the weights file of a transformers / timm / open_clip folder;
     ``cancel`` set stops it between two chunks (:class:`~vitinit.io.save.HashCancelled`). A file hashed
     before and unchanged since is not read again (:mod:`vitinit.io.hash_cache`)."""
+    return cached_sha256(source_weights_file(path), cancel=cancel)
+
+
+def source_weights_file(path: str | Path) -> Path:
+    """The file whose sha256 is a source's: ``path``, or the weights file of a folder."""
     path = Path(path)
     if path.is_dir():
         for name in (*WEIGHT_FILE_NAMES, *OPEN_CLIP_WEIGHT_FILE_NAMES):
             if (path / name).is_file():
-                return cached_sha256(path / name, cancel=cancel)
-    return cached_sha256(path, cancel=cancel)
+                return path / name
+    return path
