@@ -30,9 +30,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def _no_offline_env(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "VITINIT_OFFLINE", "HF_ENDPOINT", "VITINIT_CACHE"):
+def _no_offline_env(monkeypatch, tmp_path):
+    for var in ("HF_HUB_OFFLINE", "VITINIT_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VITINIT_CACHE", str(tmp_path / "vitinit-cache"))  # downloads record hashes there
 
 
 class _Server:
