@@ -21,7 +21,7 @@ import pytest
 from _hostile import silent_server
 
 from vitinit.errors import DownloadError
-from vitinit.io import hub_http, registry
+from vitinit.io import hash_cache, hub_http, registry
 from vitinit.io.registry import OFFICIAL_CHECKPOINTS, OfficialCheckpoint
 from vitinit.io.remote import parse_hf_uri, resolve_source
 
@@ -30,9 +30,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def _no_offline_env(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "VITINIT_OFFLINE", "HF_ENDPOINT", "VITINIT_CACHE"):
+def _no_offline_env(monkeypatch, tmp_path):
+    for var in ("HF_HUB_OFFLINE", "VITINIT_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("VITINIT_CACHE", str(tmp_path / "vitinit-cache"))  # downloads record hashes there
 
 
 class _Server:
@@ -112,6 +113,16 @@ def test_download_once_verify_and_reuse(tmp_path, monkeypatch, file_server, chec
     again = resolve_source(None, family="mae", model="vit-b", cache_dir=cache, progress=False)
     assert again == path and len(file_server.requests) == 1  # reused: no second request
     assert sorted(p.name for p in (cache / "mae").iterdir()) == ["mae_test.pth"]  # no temp files
+
+
+def test_a_download_records_its_sha256_for_its_first_conversion(tmp_path, monkeypatch, file_server):
+    """The digest computed while downloading goes to the hash cache (issue 17 §4): converting the
+    download does not read it through sha256 again."""
+    entry = _entry([file_server.url + "/mae_test.pth"], sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    monkeypatch.setitem(OFFICIAL_CHECKPOINTS, ("mae", "vit-b"), entry)
+    path = resolve_source(None, family="mae", model="vit-b", cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(hash_cache, "sha256_file", lambda *a, **k: pytest.fail("read the download again"))
+    assert hash_cache.cached_sha256(path) == hashlib.sha256(PAYLOAD).hexdigest()
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch, file_server):

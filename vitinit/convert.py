@@ -16,7 +16,8 @@ from pathlib import Path
 
 from vitinit.canonical import Checkpoint, ViTSpec
 from vitinit.errors import ConfigError
-from vitinit.formats import FAMILIES, read_checkpoint, source_sha256
+from vitinit.formats import FAMILIES, read_checkpoint, source_sha256, source_weights_file
+from vitinit.io import hash_cache
 from vitinit.io.load import WEIGHT_FILE_NAMES
 from vitinit.io.save import check_output_path
 from vitinit.modeling.vit import ViTBackboneConfig
@@ -167,9 +168,13 @@ def convert(
     writer = TARGETS[target]
     # A streaming target's source is hashed by a second thread from the moment its local path is known,
     # while it is parsed and the output written (the hash only lands in the header, rewritten at the end);
-    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py.
+    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py. A
+    # source hashed before, or downloaded by vitinit, is not read again (vitinit.io.hash_cache): its hash
+    # is known at once, so the output is written with its final header and hashed from memory as written.
     hash_later = writer.streams and family != "random"
     source = local_source(source, family=family, model=model, progress=progress)
+    if hash_later and source and hash_cache.lookup(source_weights_file(source)):
+        hash_later = False
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
         source_hash = pool.submit(source_sha256, source, cancel=stop) if hash_later and source else None

@@ -40,8 +40,8 @@ from vitinit.formats import (
     timm_hub,
 )
 from vitinit.formats._common import DECLARED, Score, record_input_norm
+from vitinit.io.hash_cache import cached_sha256
 from vitinit.io.load import OPEN_CLIP_WEIGHT_FILE_NAMES, WEIGHT_FILE_NAMES, RawCheckpoint, open_checkpoint
-from vitinit.io.save import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,16 @@ def read_checkpoint(
 
 def source_sha256(path: str | Path, *, cancel: threading.Event | None = None) -> str:
     """sha256 of a checkpoint file, or of the weights file of a transformers / timm / open_clip folder;
-    ``cancel`` set stops it between two chunks (:class:`~vitinit.io.save.HashCancelled`)."""
+    ``cancel`` set stops it between two chunks (:class:`~vitinit.io.save.HashCancelled`). A file hashed
+    before and unchanged since is not read again (:mod:`vitinit.io.hash_cache`)."""
+    return cached_sha256(source_weights_file(path), cancel=cancel)
+
+
+def source_weights_file(path: str | Path) -> Path:
+    """The file whose sha256 is a source's: ``path``, or the weights file of a folder."""
     path = Path(path)
     if path.is_dir():
         for name in (*WEIGHT_FILE_NAMES, *OPEN_CLIP_WEIGHT_FILE_NAMES):
             if (path / name).is_file():
-                return sha256_file(path / name, cancel=cancel)
-    return sha256_file(path, cancel=cancel)
+                return path / name
+    return path

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from vitinit.errors import CheckpointFormatError, DownloadError, first_line
+from vitinit.io import hash_cache
 from vitinit.io.progress import byte_progress
 from vitinit.io.registry import NOT_RELEASED, OFFICIAL_CHECKPOINTS, OfficialCheckpoint, official_checkpoint
 from vitinit.io.save import atomic_path
@@ -143,6 +144,8 @@ def _download_url(url: str, target: Path, entry: OfficialCheckpoint, *, progress
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DownloadError(f"cannot download {url} ({first_line(reason, limit=None)})") from None
+    # The digest is of the bytes just written: the first conversion of this file need not read it again.
+    hash_cache.store(target, sha256.hexdigest())
     if not entry.has_hash:
         log.warning("%s: no published hash, content not verified (sha256 %s)", url, sha256.hexdigest())
 
@@ -162,10 +165,7 @@ def _check(entry: OfficialCheckpoint, received: int, expected: int | None, md5: 
 
 def cache_root(cache_dir: Path | None) -> Path:
     """Where downloads go: ``cache_dir``, else ``$VITINIT_CACHE``, else ``~/.cache/vitinit``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("VITINIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitinit"
+    return Path(cache_dir) if cache_dir is not None else hash_cache.cache_dir()
 
 
 def _offline() -> bool:

@@ -130,9 +130,10 @@ def write_safetensors(
     beside ``path`` that is renamed into place only when complete: on any error, KeyboardInterrupt
     included, no file is left at ``path`` or beside it.
 
-    ``late_metadata`` maps metadata keys to functions called only after every tensor is written (say, a
-    source hash computed by another thread meanwhile). The header is written with the provisional values
-    in ``metadata`` and rewritten in place at the end, so each final value must have the byte length of its
+    ``late_metadata`` maps metadata keys to functions that may block until their value is known (say, a
+    source hash computed by another thread meanwhile); they are called on the output's hashing thread while
+    the tensors are written. The header is written with the provisional values in ``metadata`` and
+    rewritten in place at the end, so each final value must have the byte length of its
     provisional one; the file is hashed as it is written, from the moment the final values are known
     (:mod:`vitinit.io.follow_hash`).
 

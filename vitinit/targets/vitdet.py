@@ -64,8 +64,9 @@ def write_vitdet(
 ) -> str:
     """Stream ``tensors`` into ``path`` atomically; return the written file's sha256.
 
-    ``source_sha256``, when given, is called after the tensors are written (the source is hashed by
-    another thread meanwhile, instead of before any byte is written); ``provenance.sha256`` is then set.
+    ``source_sha256``, when given, may block until the source's hash is known (another thread computes it
+    while the tensors are written, instead of before any byte is written); ``provenance.sha256`` is then
+    set and the header rewritten at the end.
     """
     if source_sha256 is None:
         return write_safetensors(
