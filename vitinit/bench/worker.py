@@ -306,10 +306,10 @@ def _train_loader(
 
 
 def run_evaluation(
-    model: torch.nn.Module, dataset: CocoDetection, recipe: Recipe, device: torch.device, out_dir: Path
+    model: torch.nn.Module, dataset: CocoDetection, recipe: RecipeLike, device: torch.device, out_dir: Path
 ) -> dict:
     """COCO box and mask AP of ``model`` on ``dataset`` (each rank scores its share; results are gathered)."""
-    e = recipe.eval
+    e = as_recipe(recipe).eval
     evaluator = COCOEvaluator(dataset.annotation_file, dataset.label_to_category)
     inference_on_dataset(
         model, dataset, evaluator, device=device, collate_fn=collate,
