@@ -225,15 +225,18 @@ def _estimate_line(e) -> str:
 
 
 def print_outcomes(outcomes: list) -> None:
-    """One line per recipe of the matrix: its status, box / mask AP, and its folder or its error."""
+    """The matrix's summary: a narrow table (status, box / mask AP), then each run's folder or error on its
+    own line, so that nothing is cut or broken mid-word in 80 columns or a pipe."""
     table = Table(title="matrix")
-    for column in ("recipe", "status", "box AP", "mask AP", "run folder / error"):
-        table.add_column(column, justify="right" if "AP" in column else "left", overflow="fold")
+    for column in ("recipe", "status", "box AP", "mask AP"):
+        table.add_column(column, justify="right" if "AP" in column else "left", no_wrap=column == "recipe")
     for o in outcomes:
         best = (o.results or {}).get("best") or {}
         table.add_row(o.name, o.status, _fmt((best.get("bbox") or {}).get("AP")),
-                      _fmt((best.get("segm") or {}).get("AP")), escape(o.error or str(o.run_dir)))
+                      _fmt((best.get("segm") or {}).get("AP")))
     console.print(table)
+    lines = [f"{o.name}: {o.error if o.error else o.run_dir}" for o in outcomes]
+    console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 def print_keys(recipe: dict) -> None:
