@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from vitinit.bench import run_bench as _run_bench
-from vitinit.bench.worker import build_initialized_model, split_paths
+from vitinit.bench.datasets import split_paths
+from vitinit.bench.worker import build_initialized_model
 from vitinit.convert import normalize_source
 from vitinit.errors import ConfigError
 from vitinit.modeling.backbone import FeatureBackbone, ShapeSpec

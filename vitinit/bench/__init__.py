@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitinit.bench.datasets import Datasets, build_datasets
 from vitinit.bench.plan import plan_lines
 from vitinit.bench.weights import (
     apply_position_policy,
@@ -18,7 +19,7 @@ from vitinit.bench.weights import (
     pretrained_backbone_config,
     random_backbone_config,
 )
-from vitinit.bench.worker import Datasets, build_datasets, build_model, run_evaluation, train_worker
+from vitinit.bench.worker import build_model, run_evaluation, train_worker
 from vitinit.engine import distributed as du
 from vitinit.engine.run_folder import RunFolder
 from vitinit.errors import ConfigError

@@ -17,7 +17,8 @@ import torch
 
 from vitinit.analysis.gallery import draw, output_instances, read_rgb, save_png
 from vitinit.analysis.run_report import write_run_report
-from vitinit.bench.worker import build_initialized_model, build_val_dataset, device_for, run_evaluation
+from vitinit.bench.datasets import build_val_dataset
+from vitinit.bench.worker import build_initialized_model, device_for, run_evaluation
 from vitinit.data.coco import CocoDetection
 from vitinit.engine.checkpoint import load_checkpoint
 from vitinit.engine.run_folder import RunFolder
