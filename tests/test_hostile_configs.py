@@ -174,6 +174,15 @@ def test_huge_config_json_is_refused_before_reading(made, tmp_path):
         read_checkpoint(bad)
 
 
+def test_huge_preprocessor_config_is_not_read(made, tmp_path):
+    """Before: a transformers folder's preprocessor_config.json (the source's mean/std) was read whole."""
+    bad = _copy(made["vit"], tmp_path / "big-pre")
+    with open(bad / "preprocessor_config.json", "wb") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB that costs no disk
+    ckpt = read_checkpoint(bad)  # a hint, not the weights: ignored, as an unreadable one always was
+    assert "preprocessor_config" not in str(ckpt.provenance.input_norm)
+
+
 def _results_run(tmp_path, text: str) -> RunFolder:
     folder = RunFolder(tmp_path / "run")
     folder.path.mkdir()

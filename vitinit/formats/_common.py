@@ -7,7 +7,6 @@ family modules; the common key algebra lives here, once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -18,6 +17,7 @@ import torch
 from vitinit.canonical import BEIT_EXTRA_REL_POS_ROWS, Checkpoint, LazyTensor, Provenance, TensorMap, ViTSpec
 from vitinit.errors import CheckpointFormatError, SpecMismatchError
 from vitinit.formats._score import DECLARED, Score, plus  # noqa: F401  (re-exported to the readers)
+from vitinit.io.files import read_json
 from vitinit.io.load import RawCheckpoint
 from vitinit.ops.layer_scale import fuse_qv_bias
 from vitinit.ops.rel_pos import table_grid
@@ -100,19 +100,31 @@ DOCUMENTED_INPUT_NORM: dict[str, tuple[tuple, tuple, str]] = {
 
 
 def config_input_norm(raw: RawCheckpoint) -> tuple | None:
-    """(mean, std, origin) a folder's own config gives: timm's ``pretrained_cfg`` in config.json, or a
-    transformers ``preprocessor_config.json`` beside it; None when it gives none."""
+    """(mean, std, origin) a folder's own config gives: timm's ``pretrained_cfg`` in config.json, a
+    transformers ``preprocessor_config.json`` beside it, or open_clip's ``preprocess_cfg``; None when it gives
+    none (an unreadable or oversized preprocessor config included: the config is a hint, not the weights)."""
     if raw.container == "timm-folder":
         pre = (raw.config or {}).get("pretrained_cfg") or {}
         mean, std = pre.get("mean"), pre.get("std")
         return (tuple(mean), tuple(std), "timm pretrained_cfg in config.json") if mean and std else None
+    if raw.container == "open_clip-folder":
+        pre = (raw.config or {}).get("preprocess_cfg") or {}
+        if _three_numbers(pre.get("mean")) and _three_numbers(pre.get("std")):
+            return tuple(pre["mean"]), tuple(pre["std"]), "open_clip_config.json preprocess_cfg"
+        return None
     if raw.container == "hf-folder" and (raw.path / "preprocessor_config.json").is_file():
         try:
-            cfg = json.loads((raw.path / "preprocessor_config.json").read_text())
+            cfg = read_json(
+                raw.path / "preprocessor_config.json", error=CheckpointFormatError, what="preprocessor config"
+            )
             return tuple(cfg["image_mean"]), tuple(cfg["image_std"]), "preprocessor_config.json"
-        except (ValueError, KeyError, TypeError):
+        except (CheckpointFormatError, KeyError, TypeError):
             return None
     return None
+
+
+def _three_numbers(v: object) -> bool:
+    return isinstance(v, list | tuple) and len(v) == 3 and all(isinstance(x, int | float) for x in v)
 
 
 def record_input_norm(ckpt: Checkpoint, raw: RawCheckpoint) -> None:

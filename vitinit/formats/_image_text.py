@@ -153,18 +153,10 @@ def input_norm(raw: RawCheckpoint, default: tuple[tuple, tuple], family: str) ->
     ``pretrained_cfg``, transformers' ``preprocessor_config.json``, open_clip's ``preprocess_cfg``), else the
     family's documented values."""
     found = config_input_norm(raw)
-    if found is None and raw.container == "open_clip-folder":
-        pre = (raw.config or {}).get("preprocess_cfg") or {}
-        if _three(pre.get("mean")) and _three(pre.get("std")):
-            found = (pre["mean"], pre["std"], "open_clip_config.json preprocess_cfg")
     if found is not None:
         return list(found[0]), list(found[1]), found[2]
     name = DISPLAY_NAMES.get(family, family)
     return list(default[0]), list(default[1]), f"{name}'s documented values (the source has no config)"
-
-
-def _three(v) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
 
 
 def build_tower(
