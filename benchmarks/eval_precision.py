@@ -10,36 +10,28 @@ run. bf16 autocast runs on CPU too (slower there than float32: the number is AP,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
-from vitinit.recipes import load_recipe, to_plain
 
-from vitinit.bench import build_datasets, build_model, load_weights, run_evaluation
-from vitinit.engine.run_folder import RunFolder
+from vitinit.bench import run_evaluation
+from vitinit.bench.trained import load_trained
 
 
 def evaluate(run_dir: Path, max_images: int | None) -> list[list[str]]:
-    folder = RunFolder(run_dir)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    # A run older than a key has none: take today's default for it (the keys do not change the model).
-    recipe = _merge(to_plain(load_recipe(recipe["name"])), recipe)
-    recipe["eval"]["num_workers"] = 0
-    if max_images:
-        recipe["eval"]["max_images"] = max_images
-    data = build_datasets(recipe)
-    backbone, _, _ = load_weights(recipe)
-    model = build_model(recipe, backbone, data.train.num_classes)
-    model.load_state_dict(folder.load_checkpoint()["model"])
-    device = torch.device("cpu")
+    # The run's model and val set as `vitinit eval` rebuilds them (a run saved before a key existed gets
+    # that key's old value), on the CPU.
+    overrides = ("eval.num_workers=0",) + ((f"eval.max_images={max_images}",) if max_images else ())
+    trained = load_trained(run_dir, overrides=overrides)
+    model, device = trained.model.to("cpu"), torch.device("cpu")
     results, detections = {}, {}
     for amp in ("none", "bf16"):
-        recipe["eval"]["amp"] = amp
+        recipe = dataclasses.replace(trained.recipe, eval=dataclasses.replace(trained.recipe.eval, amp=amp))
         with tempfile.TemporaryDirectory() as tmp:
-            results[amp] = run_evaluation(model, data.val, recipe, device, Path(tmp))
+            results[amp] = run_evaluation(model, trained.val, recipe, device, Path(tmp))
             detections[amp] = _per_image(json.loads((Path(tmp) / "bbox.json").read_text()))
     rows = [["eval precision", "box AP", "mask AP", "detections", "max |Δscore| same rank", "reordered"]]
     base = detections["none"]
@@ -55,11 +47,6 @@ def evaluate(run_dir: Path, max_images: int | None) -> list[list[str]]:
         rows.append([label, f"{r['bbox']['AP']:.2f}", f"{r['segm']['AP']:.2f}",
                      str(sum(map(len, dets.values()))), f"{moved:.2e}", f"{reordered} / {len(images)}"])
     return rows
-
-
-def _merge(base: dict, over: dict) -> dict:
-    return {k: _merge(v, over[k]) if isinstance(v, dict) and isinstance(over.get(k), dict) else over.get(k, v)
-            for k, v in base.items()}
 
 
 def _per_image(detections: list[dict]) -> dict[int, list[dict]]:
