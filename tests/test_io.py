@@ -9,14 +9,17 @@ import json
 import os
 import pickle
 import struct
+import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import vitinit.io.chunks as chunks
 import vitinit.io.torch_zip as torch_zip
 from vitinit.canonical import LazyTensor
 from vitinit.errors import CheckpointFormatError, OutputExistsError, UnsafeCheckpointError
@@ -98,14 +101,17 @@ def test_zip_reading_is_lazy(tmp_path, monkeypatch):
 
 def test_tensor_bytes_are_read_at_load_time(tmp_path):
     path = tmp_path / "ckpt.pth"
-    torch.save({"a": torch.zeros(1000), "b": torch.zeros(1000)}, path)
+    twos = torch.full((1000,), 2.0)
+    torch.save({"a": torch.zeros(1000), "b": twos}, path)
     raw = open_checkpoint(path)
-    offset, nbytes = raw.tree["b"].loader.byte_range
     with open(path, "r+b") as f:  # change b's bytes after opening: a lazy reader sees the new bytes
-        f.seek(offset)
+        f.seek(path.read_bytes().index(twos.numpy().tobytes()))
         f.write(torch.ones(1000).numpy().tobytes())
     assert torch.equal(raw.tree["b"].load(), torch.ones(1000))
     assert torch.equal(raw.tree["a"].load(), torch.zeros(1000))
+    chunk = bytearray(4000)
+    raw.tree["b"].read_into(memoryview(chunk), 0)
+    assert bytes(chunk) == torch.ones(1000).numpy().tobytes()
 
 
 def test_legacy_pickle_is_read_whole(tmp_path):
@@ -228,26 +234,48 @@ def test_write_safetensors_round_trip(tmp_path):
             assert entry["data_offsets"][0] % sd[k].element_size() == 0, k
 
 
-def test_write_safetensors_streams_tensor_by_tensor(tmp_path):
+@pytest.mark.parametrize("slow_hash", [False, True])
+def test_write_safetensors_streams_tensor_by_tensor(tmp_path, monkeypatch, slow_hash):
+    """Loaded tensors wait for the hashing thread at most up to MAX_PENDING_BYTES, even when it lags."""
+    monkeypatch.setattr(chunks, "MAX_PENDING_BYTES", 3 * 256 * 256 * 4)
+    if slow_hash:
+        monkeypatch.setattr(chunks.hashlib, "sha256", _SlowSha256)  # hashlib itself, for this test
     alive: list[weakref.ref] = []
     max_alive = 0
 
     def loader(i: int):
         def load() -> torch.Tensor:
             nonlocal max_alive
-            t = torch.full((256, 256), float(i))
-            alive.append(weakref.ref(t))
+            values = np.full((256, 256), float(i), dtype=np.float32)  # lives as long as the tensor's memory
+            alive.append(weakref.ref(values))
             max_alive = max(max_alive, sum(r() is not None for r in alive))
-            return t
+            return torch.from_numpy(values)
 
         return load
 
     tensors = {f"t{i:02d}": LazyTensor((256, 256), torch.float32, loader(i)) for i in range(20)}
-    write_safetensors(tmp_path / "s.safetensors", tensors, {})
+    sha = write_safetensors(tmp_path / "s.safetensors", tensors, {})
     assert len(alive) == 20
-    assert max_alive == 1  # each tensor is dropped before the next one is loaded
+    assert max_alive <= 4  # three waiting for the hash, one just loaded; never the whole checkpoint
+    assert sha == sha256_file(tmp_path / "s.safetensors")
     out = load_file(tmp_path / "s.safetensors")
     assert all(torch.equal(out[f"t{i:02d}"], torch.full((256, 256), float(i))) for i in range(20))
+
+
+class _SlowSha256:
+    """hashlib.sha256 that takes 5 ms per update: the hashing thread falls behind the writer."""
+
+    _real = hashlib.sha256
+
+    def __init__(self, data: bytes = b""):
+        self._h = _SlowSha256._real(data)
+
+    def update(self, data) -> None:
+        time.sleep(0.005)
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

@@ -26,8 +26,8 @@ class NonFiniteCheck:
         if not tensor.is_floating_point() or not tensor.numel():
             return
         bad = count_non_finite(tensor)
-        if bad:
-            self.found[name] = bad
+        if bad:  # a tensor may come in several chunks
+            self.found[name] = self.found.get(name, 0) + bad
 
 
     def report(self) -> None:

@@ -14,11 +14,18 @@ import torch
 
 @dataclass(frozen=True)
 class LazyTensor:
-    """A tensor known by shape and dtype, materialized only when :meth:`load` is called."""
+    """A tensor known by shape and dtype, materialized only when :meth:`load` is called.
+
+    ``read_into``, when a reader gives it, copies the tensor's bytes as a file stores them (row-major,
+    little-endian: safetensors' layout) from byte ``start`` into a caller's buffer: a writer streams such a
+    tensor through a few reused buffers instead of one fresh allocation per tensor (:mod:`vitinit.io.chunks`).
+    Only a tensor that is one run of bytes in its file has it; :meth:`map` drops it.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     loader: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+    read_into: Callable[[memoryview, int], None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> LazyTensor:

@@ -38,6 +38,7 @@ import torch
 from vitinit.errors import CheckpointFormatError, UnsafeCheckpointError, first_line, quote
 from vitinit.io.files import read_json
 from vitinit.io.lazy import LazyTensor
+from vitinit.io.safetensors_read import open_safetensors_lazily
 from vitinit.io.torch_zip import STREAMING_GLOBALS, NotStreamable, open_torch_zip_streaming
 from vitinit.io.zip_checks import check_archive, read_record
 
@@ -149,51 +150,9 @@ def _open_open_clip_folder(path: Path) -> RawCheckpoint:
 # safetensors
 # ---------------------------------------------------------------------------------------------------------
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
 def _open_safetensors(path: Path) -> RawCheckpoint:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        # pread: a tensor's bytes are read into its own buffer on get_tensor; nothing stays mapped, so
-        # streaming a file through keeps RSS at the largest tensor (the mmap backend ends at the file size).
-        handle = safe_open(str(path), framework="pt", backend="pread")
-        tree = {}
-        for k in handle.keys():
-            sl = handle.get_slice(k)
-            dtype_name = sl.get_dtype()
-            if dtype_name not in SAFETENSORS_DTYPES:
-                raise CheckpointFormatError(f"{path}: tensor {k!r} has unsupported dtype {dtype_name}")
-            tree[k] = LazyTensor(
-                tuple(sl.get_shape()), SAFETENSORS_DTYPES[dtype_name], _SafetensorsReader(handle, path, k)
-            )
-        metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
-        if isinstance(e, CheckpointFormatError):
-            raise
-        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
-    return RawCheckpoint(path, tree, "safetensors", metadata=dict(metadata))
-
-
-class _SafetensorsReader:
-    """Loader of one safetensors tensor; a read error becomes a one-line :class:`CheckpointFormatError`."""
-
-    def __init__(self, handle: Any, path: Path, key: str):
-        self.handle, self.path, self.key = handle, path, key
-
-    def __call__(self) -> torch.Tensor:
-        from safetensors import SafetensorError
-
-        try:
-            return self.handle.get_tensor(self.key)
-        except (SafetensorError, OSError) as e:
-            msg = f"{self.path}: cannot read tensor {self.key!r} ({first_line(e)})"
-            raise CheckpointFormatError(msg) from None
+    tree, metadata = open_safetensors_lazily(path)
+    return RawCheckpoint(path, tree, "safetensors", metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------

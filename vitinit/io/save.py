@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import struct
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +22,12 @@ import torch
 
 from vitinit.errors import ConfigError
 from vitinit.io.atomic import atomic_path, check_output_path
+from vitinit.io.chunks import ChunkPool, HashingSink, tensor_chunks
 from vitinit.io.finite import NonFiniteCheck
 from vitinit.io.follow_hash import FollowingHash
 from vitinit.io.lazy import LazyTensor
-from vitinit.io.load import SAFETENSORS_DTYPES
-from vitinit.io.memory import release_free_memory
 from vitinit.io.progress import byte_progress
+from vitinit.io.safetensors_read import SAFETENSORS_DTYPES
 
 __all__ = [
     "atomic_path", "check_output_path", "check_container_suffix", "save_torch", "sha256_file",
@@ -124,11 +123,13 @@ def write_safetensors(
 ) -> str:
     """Write ``tensors`` as a ``.safetensors`` file one tensor at a time; return the file's sha256.
 
-    The header is computed from the declared shapes first, then each tensor is loaded, written and hashed,
-    and dropped before the next one is loaded, so peak memory is about the largest tensor, never the
-    checkpoint (``safetensors.torch.save_file`` needs every tensor in memory). The bytes go to a temp file
-    beside ``path`` that is renamed into place only when complete: on any error, KeyboardInterrupt
-    included, no file is left at ``path`` or beside it.
+    The header is computed from the declared shapes first, then the tensors stream through in chunks
+    (:mod:`vitinit.io.chunks`): a tensor stored as one run of bytes in its file is read chunk by chunk into
+    a few reused buffers, any other is loaded whole and dropped once written and hashed, so peak memory is
+    a few MiB plus the largest loaded tensor or two, never the checkpoint (``safetensors.torch.save_file``
+    needs every tensor in memory). The output is hashed on a second thread as the chunks are written.
+    The bytes go to a temp file beside ``path`` that is renamed into place only when complete: on any
+    error, KeyboardInterrupt included, no file is left at ``path`` or beside it.
 
     ``late_metadata`` maps metadata keys to functions that may block until their value is known (say, a
     source hash computed by another thread meanwhile); they are called on the output's hashing thread while
@@ -147,33 +148,31 @@ def write_safetensors(
         )
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
-    digest = hashlib.sha256(prefix)
     finite = NonFiniteCheck(path)
-    with (
-        atomic_path(path, overwrite=overwrite) as tmp,
-        open(tmp, "wb") as out,
-        byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-sha256") as hasher,
-    ):
-        out.write(prefix)
-        advance(len(prefix))
-        for name in order:
-            data = _loaded_bytes(name, tensors[name], finite)
-            if len(data):
-                # The hasher thread walks the same bytes while this one writes them, chunk by chunk, so each
-                # chunk is read from memory about once (hashlib and file writes release the GIL). Whole-tensor
-                # write-then-hash ran ~2x slower here: memory bandwidth, not CPU, bounds this loop.
-                hashing = hasher.submit(_update_in_chunks, digest, data)
-                for start in range(0, len(data), _CHUNK):
-                    out.write(data[start : start + _CHUNK])
-                hashing.result()
-                advance(len(data))
-            del data  # drop this tensor's buffer before the next one is read
+    pool = ChunkPool()
+    sink = HashingSink(prefix, pool)
+    try:
+        with (
+            atomic_path(path, overwrite=overwrite) as tmp,
+            open(tmp, "wb") as out,
+            byte_progress(f"writing {path.name}", total, enabled=progress) as advance,
+        ):
+            out.write(prefix)
+            advance(len(prefix))
+            for name in order:
+                declared = tensors[name]
+                if declared.read_into is None:  # loaded whole: bound what waits for the hash
+                    sink.wait_for_room(declared.nbytes)
+                for chunk, buf in tensor_chunks(name, declared, pool, finite):
+                    out.write(chunk)
+                    sink.put(chunk, buf)
+                    advance(len(chunk))
+                    del chunk
+            digest = sink.hexdigest()
+    finally:
+        sink.close()
     finite.report()
-    return digest.hexdigest()
-
-
-_CHUNK = 1 << 20  # fits in L2 cache
+    return digest
 
 
 def _write_with_late_metadata(
@@ -212,13 +211,16 @@ def _write_with_late_metadata(
         try:
             out.write(prefix)
             advance(len(prefix))
+            pool = ChunkPool()
             for name in order:
-                data = _loaded_bytes(name, tensors[name], finite)
-                out.write(data)
+                for chunk, buf in tensor_chunks(name, tensors[name], pool, finite):
+                    out.write(chunk)
+                    if buf is not None:
+                        pool.give(buf)
+                    advance(len(chunk))
+                    del chunk
                 out.flush()  # the kernel has the bytes: the hashing thread may read them back
                 follower.advance(out.tell())
-                advance(len(data))
-                del data  # drop this tensor's buffer before the next one is read
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-fsync") as syncer:
                 synced = syncer.submit(os.fsync, out.fileno())  # the data goes to disk while hashing ends
                 final, digest = follower.result()
@@ -231,15 +233,6 @@ def _write_with_late_metadata(
         out.flush()
     finite.report()
     return digest
-
-
-def _loaded_bytes(name: str, declared: LazyTensor, finite: NonFiniteCheck) -> memoryview:
-    release_free_memory()  # the previous tensor's pages go back before this one is read (vitinit.io.memory)
-    tensor = declared.load()
-    if tensor.dtype != declared.dtype:
-        raise ValueError(f"tensor {name!r} loaded as {tensor.dtype}, declared {declared.dtype}")
-    finite.check(name, tensor)
-    return _tensor_bytes(tensor) if declared.nbytes else memoryview(b"")
 
 
 def save_torch(path: str | Path, obj: Any, *, overwrite: bool = False) -> str:
@@ -293,16 +286,3 @@ def _tensors_in(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     if isinstance(obj, Mapping):
         return [t for k, v in obj.items() for t in _tensors_in(v, f"{prefix}.{k}" if prefix else str(k))]
     return []
-
-
-def _update_in_chunks(digest: Any, data: memoryview) -> None:
-    for start in range(0, len(data), _CHUNK):
-        digest.update(data[start : start + _CHUNK])
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes in row-major little-endian order (safetensors' layout); no copy when contiguous."""
-    if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
-        raise RuntimeError("writing safetensors on a big-endian machine is not supported")
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")

@@ -36,6 +36,7 @@ import torch
 
 from vitinit.errors import CheckpointFormatError, first_line
 from vitinit.io.lazy import LazyTensor
+from vitinit.io.pread import pread_exact
 from vitinit.io.zip_checks import check_archive, read_record
 
 
@@ -88,17 +89,15 @@ class _ZipTensorFile:
 
     def read(self, offset: int, nbytes: int) -> torch.Tensor:
         """``nbytes`` bytes at ``offset`` as a fresh uint8 tensor, read straight into its memory."""
-        if offset + nbytes > self.size:
-            raise CheckpointFormatError(f"{self.path}: file is truncated (tensor data runs past its end)")
         buf = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy()).cast("B")
-        done = 0
-        while done < nbytes:
-            n = os.preadv(self.handle.fileno(), [view[done:]], offset + done)
-            if n <= 0:
-                raise CheckpointFormatError(f"{self.path}: file is truncated (short read)")
-            done += n
+        self.read_into(offset, memoryview(buf.numpy()).cast("B"))
         return buf
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes at ``offset``; a file that ends first is a format error."""
+        if offset + len(view) > self.size:
+            raise CheckpointFormatError(f"{self.path}: file is truncated (tensor data runs past its end)")
+        pread_exact(self.handle.fileno(), offset, view, self.path)
 
 
 class _ZipTensorReader:
@@ -126,18 +125,25 @@ class _ZipTensorReader:
         return torch.as_strided(flat, self.size, self.stride).contiguous()
 
     @property
-    def byte_range(self) -> tuple[int, int] | None:
-        """(file offset, nbytes) when the tensor is one compact run of bytes in the file, else None.
+    def compact(self) -> bool:
+        """Whether the tensor is one run of bytes in the file (then :meth:`read_into` applies)."""
+        return _is_compact(self.size, self.stride)
 
-        Lets a writer copy a tensor that passes through unchanged without bringing it into Python.
-        """
-        if not _is_compact(self.size, self.stride):
-            return None
+    def read_into(self, view: memoryview, start: int) -> None:
+        """The tensor's bytes from byte ``start`` into ``view``, straight from the file (compact only)."""
+        itemsize = self.storage.dtype.itemsize
         numel = 1
         for n in self.size:
             numel *= n
-        itemsize = self.storage.dtype.itemsize
-        return self.file.data_offset(self.storage.key) + self.offset * itemsize, numel * itemsize
+        if not self.compact:
+            raise RuntimeError(f"storage {self.storage.key!r}: read_into needs a compact view")
+        if self.offset + numel > self.storage.numel:
+            raise CheckpointFormatError(
+                f"{self.file.path}: a tensor view runs past its storage record {self.storage.key!r}"
+            )
+        if start < 0 or start + len(view) > numel * itemsize:
+            raise ValueError(f"bytes {start}..{start + len(view)} are outside the tensor ({numel} items)")
+        self.file.read_into(self.file.data_offset(self.storage.key) + self.offset * itemsize + start, view)
 
 
 def _is_compact(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -216,7 +222,7 @@ class _StreamingUnpickler(pickle.Unpickler):
                 f"({storage.numel * storage.dtype.itemsize} bytes)"
             )
         reader = _ZipTensorReader(self.file, storage, int(offset), size, stride)
-        return LazyTensor(size, storage.dtype, reader)
+        return LazyTensor(size, storage.dtype, reader, reader.read_into if reader.compact else None)
 
     def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad, hooks, metadata=None):
         if metadata:  # conj/neg bits: rare, let torch handle them
