@@ -114,3 +114,46 @@ def test_output_instances_keep_the_threshold_and_draw_the_best_on_top():
     assert inst.labels == ["cat 0.60", "dog 0.90"]  # lowest first: the best is drawn last, on top
     assert inst.masks.shape == (2, 24, 24) and inst.masks.dtype == torch.bool
     torch.testing.assert_close(inst.boxes, output["boxes"][[1, 0]])
+
+
+def test_eval_and_predict_rebuild_the_model_without_the_source_weights(run, tmp_path, monkeypatch):
+    """weights.json records the backbone's architecture: the run's source weights (a hub file, a path on
+    another machine) are not read again; a folder from before that record still works by reading them."""
+    import shutil
+
+    import vitinit.bench.worker as worker
+
+    recorded = json.loads((run / "weights.json").read_text())["backbone_config"]
+    assert recorded["depth"] > 0 and recorded["img_size"] == 64
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real_load_weights = worker.load_weights
+
+    def unreachable(recipe):
+        raise RuntimeError("the source weights were read")
+
+    monkeypatch.setattr(worker, "load_weights", unreachable)
+    result = runner.invoke(app, ["eval", str(copy), "eval.max_images=1"])
+    assert result.exit_code == 0, result.output
+    images = Path(json.loads((copy / "results.json").read_text())["val_annotations"]).parent.parent / "val"
+    result = runner.invoke(app, ["predict", str(copy), str(images), "-o", str(tmp_path / "pictures")])
+    assert result.exit_code == 0, result.output
+
+    weights = json.loads((copy / "weights.json").read_text())
+    del weights["backbone_config"]  # a run folder written before it was recorded
+    (copy / "weights.json").write_text(json.dumps(weights))
+    assert runner.invoke(app, ["eval", str(copy), "eval.max_images=1"]).exit_code == 1  # reads them
+    monkeypatch.setattr(worker, "load_weights", real_load_weights)
+    result = runner.invoke(app, ["eval", str(copy), "eval.max_images=1"])
+    assert result.exit_code == 0, result.output
+
+    weights["backbone_config"] = {"depth": "twelve"}
+    (copy / "weights.json").write_text(json.dumps(weights))
+    _one_line_error(runner.invoke(app, ["eval", str(copy)]), "backbone_config is not a backbone architecture")
+    lies = (({"depth": 100_000}, "does not match"), ({"img_size": 4096}, "gives pos_embed the shape"))
+    for lie, says in lies:
+        weights["backbone_config"] = {**recorded, **lie}  # checked against the checkpoint, never allocated
+        (copy / "weights.json").write_text(json.dumps(weights))
+        _one_line_error(runner.invoke(app, ["eval", str(copy)]), "backbone_config", says)
+    (copy / "weights.json").write_text("[1, 2]")
+    _one_line_error(runner.invoke(app, ["eval", str(copy)]), "weights.json is not a JSON object")

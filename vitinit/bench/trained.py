@@ -2,8 +2,9 @@
 COCO-format dataset) and ``vitinit predict`` (pictures of its detections on the user's own images, as
 detectron2's ``demo/demo.py`` draws them).
 
-The model is rebuilt from the run's ``recipe.yaml`` as the run built it, then the checkpoint's weights
-replace all of it (``checkpoints/last.pth`` unless another file is given).
+The model is rebuilt from the run's ``recipe.yaml`` and the backbone architecture its ``weights.json``
+recorded (the source weights are not read again: they may be on another machine), then the checkpoint's
+weights replace all of it (``checkpoints/last.pth`` unless another file is given).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import torch
 from vitinit.analysis.gallery import draw, output_instances, read_rgb, save_png
 from vitinit.analysis.run_report import write_run_report
 from vitinit.bench.datasets import build_val_dataset
-from vitinit.bench.worker import build_initialized_model, device_for, run_evaluation
+from vitinit.bench.weights import is_resnet
+from vitinit.bench.worker import build_initialized_model, build_model, device_for, run_evaluation
 from vitinit.data.coco import CocoDetection
 from vitinit.engine.checkpoint import load_checkpoint
-from vitinit.engine.run_folder import RunFolder
-from vitinit.errors import ConfigError, DatasetError, TrainingError
+from vitinit.engine.run_folder import RunFolder, RunFolderError
+from vitinit.errors import ConfigError, DatasetError, TrainingError, first_line
 from vitinit.io.save import atomic_path
+from vitinit.modeling.vit import ViTBackboneConfig, backbone_state_shapes
 from vitinit.recipes import as_recipe
 from vitinit.recipes.schema import Recipe
 
@@ -60,7 +63,11 @@ def load_trained(
     state = load_checkpoint(path)
     weights = state.get("model", state)
     val = build_val_dataset(recipe)
-    model, _ = build_initialized_model(recipe, val.num_classes)
+    model = recorded_model(recipe, val.num_classes, folder, weights, path)
+    if model is None:
+        log.info("%s records no backbone_config (an older run): reading the run's source weights again for "
+                 "the backbone's architecture", folder.weights)
+        model, _ = build_initialized_model(recipe, val.num_classes)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -72,6 +79,53 @@ def load_trained(
     default = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = device_for(recipe, default)
     return Trained(model.to(device).eval(), recipe, val, device, path, state.get("iter"))
+
+
+def recorded_model(
+    recipe: Recipe, num_classes: int, folder: RunFolder, weights: dict, checkpoint: Path
+) -> torch.nn.Module | None:
+    """The run's Mask R-CNN from the architecture its ``weights.json`` recorded, checked against the
+    checkpoint's ``weights`` before anything is built, without reading the source weights again (the
+    checkpoint replaces every weight). None for a run folder from before ``backbone_config`` was recorded."""
+    provenance = folder.read_weights()
+    recorded = provenance.get("backbone_config")
+    if recorded is None:
+        return None
+    damaged = f"{folder.weights}: backbone_config"
+    try:
+        backbone = ViTBackboneConfig.from_json(json.dumps(recorded))
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise RunFolderError(f"{damaged} is not a backbone architecture ({first_line(e)[:120]})") from None
+    if not is_resnet(recipe):
+        _check_recorded_backbone(backbone, weights, damaged, checkpoint)
+    backbone = backbone.replace(attention=recipe.model.attention)
+    return build_model(recipe, backbone, num_classes, provenance.get("input_norm"))
+
+
+def _check_recorded_backbone(
+    backbone: ViTBackboneConfig, weights: dict, damaged: str, checkpoint: Path
+) -> None:
+    """The checkpoint's tensors are the truth: a recorded architecture that disagrees is refused before a
+    model is built (a lying depth or image size would otherwise allocate what it says)."""
+    prefix = "backbone.vit."
+    patch = getattr(weights.get(prefix + "patch_embed.proj.weight"), "shape", None)
+    blocks = {k.split(".")[3] for k in weights if k.startswith(prefix + "blocks.")}
+    have = (int(patch[0]), len(blocks), int(patch[-1])) if patch is not None and len(patch) == 4 else None
+    want = (backbone.embed_dim, backbone.depth, backbone.patch_size)
+    if have != want:
+        found = f"width {have[0]}, depth {have[1]}, patch {have[2]}" if have else "no ViT backbone"
+        raise RunFolderError(
+            f"{damaged} (width {want[0]}, depth {want[1]}, patch {want[2]}) does not match {checkpoint} "
+            f"({found})"
+        )
+    shapes = backbone_state_shapes(backbone)  # on the meta device: no memory, bounded by the depth above
+    for name, shape in shapes.items():
+        tensor = weights.get(prefix + name)
+        if tensor is None or tuple(getattr(tensor, "shape", ())) != shape:
+            got = tuple(tensor.shape) if hasattr(tensor, "shape") else "nothing"
+            raise RunFolderError(
+                f"{damaged} gives {name} the shape {list(shape)}, {checkpoint} holds {got}"
+            )
 
 
 def evaluation_name(trained: Trained) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -48,11 +49,17 @@ def build_model(
 def build_initialized_model(recipe: Recipe, num_classes: int) -> tuple[torch.nn.Module, dict]:
     """The recipe's Mask R-CNN with its backbone weights loaded and its position policy applied, as a run
     starts; returns it (on the CPU) and the weights' provenance (``weights.json``, with the input
-    normalisation used under ``pixel_norm_used``)."""
+    normalisation used under ``pixel_norm_used`` and the backbone's architecture under
+    ``backbone_config``)."""
     backbone, state, provenance = load_weights(recipe)
     backbone = backbone.replace(attention=recipe.model.attention)  # a run-time choice
     mean, std, which = recipe.input_norm(provenance.get("input_norm"))
-    provenance = {**provenance, "pixel_norm_used": {"mean": list(mean), "std": list(std), "from": which}}
+    provenance = {
+        **provenance,
+        "pixel_norm_used": {"mean": list(mean), "std": list(std), "from": which},
+        # The architecture, so that `vitinit eval` / `predict` rebuild the model without the source weights.
+        "backbone_config": json.loads(backbone.to_json()),
+    }
     model = build_model(recipe, backbone, num_classes, provenance.get("input_norm"))
     if state is not None:
         load_backbone_state(model.backbone.vit, state)

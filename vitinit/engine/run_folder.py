@@ -3,7 +3,7 @@
 ``vitinit bench`` writes it, ``--resume`` and the results tools (``vitinit report``, TIDE) read it::
 
     RUN_DIR/recipe.yaml                  the fully resolved recipe
-    RUN_DIR/weights.json                 provenance of the backbone weights
+    RUN_DIR/weights.json                 provenance of the backbone weights, and its architecture
     RUN_DIR/metrics.jsonl                {"kind": "train", ...} and {"kind": "eval", ...} lines
     RUN_DIR/eval/iter_XXXXXXX/           metrics.json, bbox.json, segm.json (COCO results format)
     RUN_DIR/results.json                 status, final and best metrics, val annotations, last eval dir
@@ -278,6 +278,15 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics)
+
+    def read_weights(self) -> dict:
+        """``weights.json`` (the backbone weights' provenance), or {} for a folder without one."""
+        if not self.weights.is_file():
+            return {}
+        weights = read_json(self.weights, error=RunFolderError, what="weights provenance")
+        if not isinstance(weights, dict):
+            raise RunFolderError(f"{self.weights} is not a JSON object; the file is damaged")
+        return weights
 
     def read_tide(self) -> dict | None:
         return (
