@@ -51,6 +51,11 @@ def convert_cmd(
     patch_size: int = typer.Option(
         None, "--patch-size", help="Resample the patch kernel, e.g. 16 for DINOv2 / ViT-H/14 (lossy)."
     ),
+    expect_sha256: str = typer.Option(
+        None, "--expect-sha256", metavar="HEX",
+        help="The source's published sha256 (the weights file's, for a folder): checked while converting, "
+        "and the first conversion of a file then reads it through sha256 once instead of twice.",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Convert BEiT / MAE / MoCo v3 / supervised / random ViT weights into a detection backbone."""
@@ -80,6 +85,7 @@ def convert_cmd(
         seed=seed,
         progress=console.is_terminal,
         patch_size=patch_size,
+        expected_sha256=expect_sha256,
     )
     table = Table(
         title=f"{result.family} → {result.target} ({result.spec.variant or 'custom size'})",

@@ -133,3 +133,78 @@ def test_the_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
         hash_cache.store(f, f"{i:064x}", key=f"k{i}")
     table = json.loads((hash_cache.cache_dir() / hash_cache.CACHE_FILE).read_text())["sha256"]
     assert table == {f"k{i}": f"{i:064x}" for i in (2, 3, 4)}
+
+
+# --- --expect-sha256: the source's published hash, checked while the conversion runs ---------------------
+
+
+def _folder_listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_expected_hash_writes_the_final_header_at_once_and_the_same_bytes(tmp_path, hashed, monkeypatch):
+    """Cold, with the published hash: the source is read through sha256 once (alongside, not before), the
+    output is written with its final header from the first byte (no header rewrite, no read-back hash),
+    and the bytes are those of a conversion without the hint."""
+    import vitinit.io.save as save
+
+    src = tmp_path / "mae.pth"
+    mf.mae_checkpoint(src)
+    truth = hashlib.sha256(src.read_bytes()).hexdigest()
+    monkeypatch.setenv("VITINIT_HASH_CACHE", "0")
+    plain = convert(src, output=tmp_path / "plain.safetensors", **TINY)
+
+    def no_late_header(*args, **kwargs):
+        raise AssertionError("the header was rewritten although the source's hash was known")
+
+    monkeypatch.setattr(save, "_write_with_late_metadata", no_late_header)
+    hinted = convert(src, output=tmp_path / "hinted.safetensors", expected_sha256=truth.upper(), **TINY)
+    assert hashed == [str(src)] * 2  # one pass each: the hint does not skip the check
+    assert hinted.path.read_bytes() == plain.path.read_bytes()
+    assert hinted.sha256 == plain.sha256 == sha256_file(hinted.path)
+    assert read_vitdet(hinted.path).metadata["source_sha256"] == truth
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["cold", "cached"])
+@pytest.mark.parametrize("target", ["vitdet", "detectron2"])
+def test_a_wrong_expected_hash_writes_nothing(tmp_path, hashed, cached, target):
+    """A source that is not the published file (a truncated download, another release): one error naming
+    both hashes, and neither an output nor a temp file is left; the source is untouched."""
+    from vitinit.errors import ChecksumMismatchError
+
+    src = tmp_path / "mae.pth"
+    mf.mae_checkpoint(src)
+    before = src.read_bytes()
+    truth = hashlib.sha256(before).hexdigest()
+    if cached:
+        assert hash_cache.cached_sha256(src) == truth and hash_cache.lookup(src) == truth
+    listing = _folder_listing(tmp_path)
+    wrong = "0" * 64
+    out = tmp_path / ("out.safetensors" if target == "vitdet" else "out.pth")
+    with pytest.raises(ChecksumMismatchError, match=f"sha256 is {truth}, not the expected {wrong}"):
+        convert(src, target=target, output=out, expected_sha256=wrong, **TINY)
+    assert _folder_listing(tmp_path) == listing
+    assert src.read_bytes() == before
+
+
+def test_expect_sha256_is_checked_before_anything_is_read(tmp_path):
+    from _hostile import one_line_error, run
+
+    src = tmp_path / "mae.pth"
+    mf.mae_checkpoint(src)
+    out = tmp_path / "o.safetensors"
+    for bad in ("abc", "g" * 64, "0" * 65, "x" * 10_000):
+        line = one_line_error(
+            run("convert", str(src), "-o", str(out), "--expect-sha256", bad), "--expect-sha256 must be"
+        )
+        assert len(line) < 200
+    one_line_error(run("convert", "--from", "random", "--model", "vit-s", "-o", str(out),
+                       "--expect-sha256", "0" * 64), "--from random has none")
+    tiny = ("--size", "64", "--window-size", "4", "--num-heads", "2")
+    wrong = run("convert", str(src), "-o", str(out), *tiny, "--expect-sha256", "f" * 64)
+    one_line_error(wrong, "not the expected " + "f" * 64)
+    assert not out.exists()
+    truth = hashlib.sha256(src.read_bytes()).hexdigest()
+    ok = run("convert", str(src), "-o", str(out), *tiny, "--expect-sha256", truth)
+    assert ok.exit_code == 0, ok.output
+    assert read_vitdet(out).metadata["source_sha256"] == truth

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitinit.canonical import Checkpoint, ViTSpec
-from vitinit.errors import ConfigError
+from vitinit.errors import ChecksumMismatchError, ConfigError, quote
 from vitinit.formats import FAMILIES, read_checkpoint, source_sha256, source_weights_file
 from vitinit.io import hash_cache
 from vitinit.io.load import WEIGHT_FILE_NAMES
@@ -147,10 +147,14 @@ def convert(
     seed: int = 0,
     progress: bool = False,
     patch_size: int | None = None,
+    expected_sha256: str | None = None,
 ) -> ConvertResult:
     """Convert one checkpoint; returns where it went, its sha256 and the provenance stored with it.
 
-    The defaults preserve the source's function (:mod:`vitinit.normalize.options`). Example:
+    The defaults preserve the source's function (:mod:`vitinit.normalize.options`). ``expected_sha256``
+    is the source's published sha256 (the weights file's, for a folder): the output is written with it in
+    its header from the first byte while the source is hashed alongside, and a source with another hash
+    is a :class:`~vitinit.errors.ChecksumMismatchError` with no output left. Example:
         >>> r = convert("mae_pretrain_vit_base.pth", target="vitdet", size=1024)  # doctest: +SKIP
         >>> r.path, r.sha256  # doctest: +SKIP
     """
@@ -163,17 +167,22 @@ def convert(
         rel_pos_resize=rel_pos_resize, layer_scale=layer_scale, drop_rel_pos=drop_rel_pos,
         patch_size=patch_size, seed=seed,
     )
+    expected = _check_expected_sha256(expected_sha256, family)
     if output is not None:  # claim the path before reading a multi-GB source
         check_output_path(output, overwrite=overwrite)
     writer = TARGETS[target]
     # A streaming target's source is hashed by a second thread from the moment its local path is known,
-    # while it is parsed and the output written (the hash only lands in the header, rewritten at the end);
-    # the others need it before writing. The hash is the conversion's floor: see benchmarks/convert.py. A
-    # source hashed before, or downloaded by vitinit, is not read again (vitinit.io.hash_cache): its hash
-    # is known at once, so the output is written with its final header and hashed from memory as written.
+    # while it is parsed and the output written; the others need it before writing. Its hash goes into
+    # the output's header, which the output's own sha256 reads first, so the two hashes follow each other
+    # (the conversion's floor, two sha256 passes: benchmarks/convert.py) unless the source's hash is
+    # known at once: hashed before or downloaded by vitinit (vitinit.io.hash_cache), or given by the user
+    # (``expected_sha256``, checked against the source as it is hashed). Then the output is written with
+    # its final header and hashed from memory as written, and the work is about one pass.
     hash_later = writer.streams and family != "random"
     source = local_source(source, family=family, model=model, progress=progress)
-    if hash_later and source and hash_cache.lookup(source_weights_file(source)):
+    known = hash_cache.lookup(source_weights_file(source)) if source and hash_later else None
+    if known is not None:
+        _check_source_sha256(source, known, expected)
         hash_later = False
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitinit-source-sha256") as pool:
@@ -184,9 +193,20 @@ def convert(
                 hash_source=not hash_later,
             )
             out, pth_out = _claim_outputs(normalized, output, target, size, pth=pth, overwrite=overwrite)
+            late_hash, before_publish = None, None
+            if source_hash is None:  # hashed already (read_checkpoint or the cache)
+                _check_source_sha256(source, normalized.provenance.sha256, expected)
+            elif expected is None:  # the header waits for the hash
+                late_hash = source_hash.result
+            else:  # the header says the expected hash at once; the file appears only if it is right
+                normalized.provenance.sha256 = expected
+
+                def before_publish() -> None:
+                    _check_source_sha256(source, source_hash.result(), expected)
+
             sha = writer.write(
-                out, normalized, overwrite=overwrite, progress=progress,
-                source_sha256=source_hash.result if source_hash else None,
+                out, normalized, overwrite=overwrite, progress=progress, source_sha256=late_hash,
+                before_publish=before_publish,
             )
         finally:
             stop.set()  # an error before the hash was used: stop reading the source at once
@@ -203,6 +223,26 @@ def convert(
         result.pth_path = pth_out
     result.actions = summarize(result.provenance)
     return result
+
+
+def _check_expected_sha256(value: str | None, family: str) -> str | None:
+    """``--expect-sha256`` as 64 lowercase hex digits, checked before any file is opened."""
+    if value is None:
+        return None
+    if family == "random":
+        raise ConfigError("--expect-sha256 is the sha256 of a source checkpoint; --from random has none")
+    digest = value.strip().lower()
+    if not hash_cache.SHA256_HEX.fullmatch(digest):
+        raise ConfigError(f"--expect-sha256 must be a sha256 digest (64 hex digits), got {quote(value)}")
+    return digest
+
+
+def _check_source_sha256(source: str | Path | None, actual: str | None, expected: str | None) -> None:
+    if expected is not None and actual != expected:
+        raise ChecksumMismatchError(
+            f"{source_weights_file(source)}: sha256 is {actual}, not the expected {expected}; "
+            "nothing was written"
+        )
 
 
 def _claim_outputs(

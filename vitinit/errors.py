@@ -35,6 +35,10 @@ class DownloadError(VitinitError, ConnectionError):
     """A remote checkpoint could not be fetched (offline, missing, or hash mismatch)."""
 
 
+class ChecksumMismatchError(VitinitError, ValueError):
+    """A file's sha256 is not the one it was said to have (``--expect-sha256``)."""
+
+
 class ConfigError(VitinitError, ValueError):
     """A recipe, override or model configuration is invalid."""
 

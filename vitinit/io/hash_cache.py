@@ -41,7 +41,7 @@ CACHE_FILE = "sha256-cache.json"
 MAX_ENTRIES = 4096
 MAX_BYTES = 1 << 20  # 4096 entries of ~140 bytes each
 RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamps (FAT: 2 s)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _OFF = {"0", "false", "no", "off"}
 # One process's stores one at a time; across processes the last writer wins and an entry may be lost
 # (a later miss, never a wrong digest).
@@ -79,7 +79,7 @@ def lookup(path: str | Path) -> str | None:
 
 def store(path: str | Path, digest: str, *, key: str | None = None) -> None:
     """Remember ``digest`` for ``path`` as it is now (or for ``key``, taken earlier). Never raises."""
-    if not enabled() or not _SHA256.fullmatch(digest):
+    if not enabled() or not SHA256_HEX.fullmatch(digest):
         return
     key = key or file_key(path)
     if key is None:
@@ -129,5 +129,5 @@ def _load() -> dict[str, str]:
     if not isinstance(table, dict):
         return {}
     return {k: v for k, v in table.items()
-            if isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)}
+            if isinstance(k, str) and isinstance(v, str) and SHA256_HEX.fullmatch(v)}
 

@@ -120,6 +120,7 @@ def write_safetensors(
     overwrite: bool = False,
     progress: bool = False,
     late_metadata: Mapping[str, Callable[[], str]] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> str:
     """Write ``tensors`` as a ``.safetensors`` file one tensor at a time; return the file's sha256.
 
@@ -138,13 +139,18 @@ def write_safetensors(
     provisional one; the file is hashed as it is written, from the moment the final values are known
     (:mod:`vitinit.io.follow_hash`).
 
+    ``before_publish`` is called once every byte is written and hashed, before the file is renamed into
+    place: whatever it raises leaves no file (say, the source turned out not to be the one the header
+    names).
+
     Example:
         >>> sha = write_safetensors("out.safetensors", {"w": LazyTensor.of(torch.zeros(2))}, {"k": "v"})
     """
     path = check_output_path(check_container_suffix(path, "safetensors"), overwrite=overwrite)
     if late_metadata:
         return _write_with_late_metadata(
-            path, tensors, metadata, late_metadata, progress=progress, overwrite=overwrite
+            path, tensors, metadata, late_metadata, progress=progress, overwrite=overwrite,
+            before_publish=before_publish,
         )
     prefix, order = safetensors_header(tensors, metadata)
     total = len(prefix) + sum(tensors[k].nbytes for k in order)
@@ -169,6 +175,8 @@ def write_safetensors(
                     advance(len(chunk))
                     del chunk
             digest = sink.hexdigest()
+            if before_publish is not None:
+                before_publish()
     finally:
         sink.close()
     finite.report()
@@ -183,6 +191,7 @@ def _write_with_late_metadata(
     *,
     progress: bool,
     overwrite: bool,
+    before_publish: Callable[[], None] | None,
 ) -> str:
     """:func:`write_safetensors` when some metadata is only known after the data (see its docstring)."""
     missing = sorted(set(late_metadata) - set(metadata))
@@ -225,6 +234,8 @@ def _write_with_late_metadata(
                 synced = syncer.submit(os.fsync, out.fileno())  # the data goes to disk while hashing ends
                 final, digest = follower.result()
                 synced.result()
+            if before_publish is not None:
+                before_publish()
         except BaseException:
             follower.abort()
             raise

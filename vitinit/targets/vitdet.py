@@ -61,16 +61,19 @@ def write_vitdet(
     overwrite: bool = False,
     progress: bool = False,
     source_sha256: Callable[[], str] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> str:
     """Stream ``tensors`` into ``path`` atomically; return the written file's sha256.
 
     ``source_sha256``, when given, may block until the source's hash is known (another thread computes it
     while the tensors are written, instead of before any byte is written); ``provenance.sha256`` is then
-    set and the header rewritten at the end.
+    set and the header rewritten at the end. ``before_publish``: see
+    :func:`~vitinit.io.save.write_safetensors`.
     """
     if source_sha256 is None:
         return write_safetensors(
-            path, tensors, vitdet_metadata(config, provenance), overwrite=overwrite, progress=progress
+            path, tensors, vitdet_metadata(config, provenance), overwrite=overwrite, progress=progress,
+            before_publish=before_publish,
         )
     provisional = Provenance.from_dict(provenance.to_dict())
     provisional.sha256 = "0" * SHA256_HEX_LENGTH  # a sha256 hex digest always has this length
@@ -83,7 +86,7 @@ def write_vitdet(
     late = {key: (lambda key=key: final()[key]) for key in ("provenance", "source_sha256")}
     return write_safetensors(
         path, tensors, vitdet_metadata(config, provisional), overwrite=overwrite, progress=progress,
-        late_metadata=late,
+        late_metadata=late, before_publish=before_publish,
     )
 
 
@@ -94,11 +97,12 @@ def write(
     overwrite: bool = False,
     progress: bool = False,
     source_sha256: Callable[[], str] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> str:
     """The target table's writer: :func:`write_vitdet` of a :class:`Normalized` result."""
     return write_vitdet(
         path, normalized.config, normalized.tensors, normalized.provenance, overwrite=overwrite,
-        progress=progress, source_sha256=source_sha256,
+        progress=progress, source_sha256=source_sha256, before_publish=before_publish,
     )
 
 
