@@ -41,6 +41,7 @@ class _Server:
 
     def __init__(self, routes):
         self.requests: list[tuple[str, str]] = []
+        self.routes = routes
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +56,7 @@ class _Server:
 
             def _serve(self, send_body: bool) -> None:
                 server.requests.append((self.command, self.path))
-                status, body, headers = routes(self.path)
+                status, body, headers = server.routes(self.path)
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -334,3 +335,27 @@ def test_hub_answer_too_big_is_refused(tmp_path, monkeypatch, fake_hub):
     fake_hub.repos.update(big)
     with pytest.raises(DownloadError, match=r"127.0.0.1 (announced an answer|sent an answer over)"):
         resolve_source("hf://org/vit", family="auto", cache_dir=tmp_path)
+
+
+def test_xet_backed_files_download_through_the_bounded_client(tmp_path, monkeypatch, fake_hub):
+    """Before: a file the hub stores on Xet went to hf_xet's own (Rust) client, outside the timeouts and
+    caps of vitinit.io.hub_http; now huggingface_hub takes its plain HTTP path for it (the hub serves every
+    Xet file at /resolve/ too). The fake hub marks its files as Xet-backed, as the real one does."""
+    from huggingface_hub.utils import _runtime
+
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    routes = fake_hub.routes
+
+    def xet_routes(path: str):
+        status, body, headers = routes(path)
+        if "/resolve/" in path and status == 200:
+            headers = {**headers, "X-Xet-Hash": "a" * 64,
+                       "X-Xet-Refresh-Route": "/api/models/org/vit/xet-read-token/" + COMMIT}
+        return status, body, headers
+
+    fake_hub.routes = xet_routes
+    xet_installed = _runtime.is_package_available("hf_xet")
+    path = resolve_source("hf://org/vit/model.safetensors", family="auto", cache_dir=tmp_path)
+    assert path.read_bytes() == PAYLOAD
+    assert not any("xet-read-token" in p for _, p in fake_hub.requests), fake_hub.requests
+    assert _runtime.is_xet_available() == xet_installed  # huggingface_hub's own switch is back afterwards

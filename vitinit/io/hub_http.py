@@ -13,6 +13,11 @@ our factory (huggingface_hub's public ``set_client_factory``), whose transport:
 
 File downloads stream to disk (huggingface_hub's own code) and are not capped here; the files they give are
 read through the capped readers (:func:`vitinit.io.files.read_json`, the checkpoint readers).
+
+A file the hub stores on Xet would go to ``hf_xet``'s own (Rust) client, which this transport never sees.
+Inside :func:`bounded_hub` huggingface_hub's documented switch ``HF_HUB_DISABLE_XET`` is on, so such a file
+comes over plain HTTP from ``/resolve/`` like any other (the hub serves every Xet file there too; slower
+for multi-GB files, bounded like everything else). ``VITINIT_HUB_XET=1`` keeps Xet, with its own limits.
 """
 
 from __future__ import annotations
@@ -144,13 +149,17 @@ def _client_factory(limits: HubLimits):
 def bounded_hub(limits: HubLimits | None = None) -> Iterator[HubLimits]:
     """While inside, huggingface_hub's HTTP calls are bounded by ``limits`` (default: from the
     environment); afterwards its default client is back."""
-    from huggingface_hub import set_client_factory
+    from huggingface_hub import constants, set_client_factory
 
     limits = limits or HubLimits.from_env()
     set_client_factory(_client_factory(limits))
+    xet_was_disabled = constants.HF_HUB_DISABLE_XET
+    if os.environ.get("VITINIT_HUB_XET", "").strip().lower() not in ("1", "true", "yes", "on"):
+        constants.HF_HUB_DISABLE_XET = True  # read at call time by huggingface_hub's is_xet_available()
     try:
         yield limits
     finally:
+        constants.HF_HUB_DISABLE_XET = xet_was_disabled
         try:
             from huggingface_hub.utils._http import default_client_factory
 
