@@ -359,3 +359,30 @@ def test_xet_backed_files_download_through_the_bounded_client(tmp_path, monkeypa
     assert path.read_bytes() == PAYLOAD
     assert not any("xet-read-token" in p for _, p in fake_hub.requests), fake_hub.requests
     assert _runtime.is_xet_available() == xet_installed  # huggingface_hub's own switch is back afterwards
+
+
+def test_a_file_redirected_to_a_cdn_is_not_capped_as_an_api_answer(tmp_path, monkeypatch, fake_hub):
+    """The real Hub answers ``/resolve/`` for a weights file with a redirect to its CDN (``cdn-lfs…`` or the
+    Xet bridge), a path without ``/resolve/``: that body is a file download, not an API answer, and the
+    API cap must not stop it (before: any checkpoint over 64 MiB failed to download from the real Hub)."""
+    monkeypatch.setattr(hub_http, "MAX_API_BODY", 1 << 10)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    weights = b"\x00" * (64 << 10)  # 64x the cap
+    fake_hub.repos["org/vit"]["big.safetensors"] = weights
+    routes = fake_hub.routes
+    digest = hashlib.sha256(weights).hexdigest()
+
+    def cdn_routes(path: str):
+        if path.startswith("/cdn/"):
+            return 200, weights, {}
+        status, body, headers = routes(path)
+        if path.endswith("/resolve/main/big.safetensors") and status == 200:
+            cdn = fake_hub.url.replace("127.0.0.1", "localhost")  # another host, as cdn-lfs.hf.co is
+            return 302, b"", {**headers, "Location": f"{cdn}/cdn/{digest}",
+                              "X-Linked-Size": str(len(weights)), "X-Linked-ETag": f'"{digest}"'}
+        return status, body, headers
+
+    fake_hub.routes = cdn_routes
+    path = resolve_source("hf://org/vit/big.safetensors", family="auto", cache_dir=tmp_path)
+    assert path.read_bytes() == weights
+    assert ("GET", f"/cdn/{digest}") in fake_hub.requests

@@ -8,8 +8,10 @@ our factory (huggingface_hub's public ``set_client_factory``), whose transport:
 * counts failed attempts (timeouts, refused or dropped connections) over the whole call and, at the
   ``$VITINIT_HUB_ATTEMPTS``-th (default 3), raises :class:`HubUnreachable` naming the host, which
   huggingface_hub does not retry;
-* reads at most :data:`MAX_API_BODY` bytes of any response that is not a file download (``/resolve/``):
-  API answers are JSON of a few KB to a few MB, read whole into memory.
+* reads at most :data:`MAX_API_BODY` bytes of any API answer (``/api/…`` and the git LFS batch endpoint):
+  JSON of a few KB to a few MB, read whole into memory. Everything else is a file streaming to disk:
+  ``/resolve/`` and wherever it redirects (the real Hub sends weights from a CDN or the Xet bridge, at paths
+  that say nothing of ``/resolve/``).
 
 File downloads stream to disk (huggingface_hub's own code) and are not capped here; the files they give are
 read through the capped readers (:func:`vitinit.io.files.read_json`, the checkpoint readers).
@@ -81,6 +83,15 @@ class HubLimits:
         return err if spent else None
 
 
+def _is_api_answer(path: str) -> bool:
+    """Whether a response is one of the Hub's API answers (JSON read whole), not a file download."""
+    return path.startswith("/api/") or "/info/lfs/objects/" in path
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.3g} MiB"
+
+
 class _CappedStream(httpx2.SyncByteStream):
     def __init__(self, inner: httpx2.SyncByteStream, limits: HubLimits, host: str) -> None:
         self.inner, self.limits, self.host = inner, limits, host
@@ -91,7 +102,7 @@ class _CappedStream(httpx2.SyncByteStream):
             for chunk in self.inner:
                 seen += len(chunk)
                 if seen > self.limits.max_body:
-                    raise self.limits.fail(self.host, f"sent an answer over {self.limits.max_body >> 20} MiB")
+                    raise self.limits.fail(self.host, f"sent an answer over {_mib(self.limits.max_body)}")
                 yield chunk
         except (httpx2.TimeoutException, httpx2.NetworkError) as e:
             raise (self.limits.failed_attempt(self.host, e) or e) from None
@@ -114,11 +125,11 @@ class _BoundedTransport(httpx2.BaseTransport):
             response = self.inner.handle_request(request)
         except (httpx2.TimeoutException, httpx2.NetworkError) as e:
             raise (self.limits.failed_attempt(host, e) or e) from None
-        if "/resolve/" not in request.url.path:  # an API answer, read whole into memory by the caller
+        if _is_api_answer(request.url.path):  # read whole into memory by the caller
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > self.limits.max_body:
                 response.close()
-                raise self.limits.fail(host, f"announced an answer of {int(length) >> 20} MiB")
+                raise self.limits.fail(host, f"announced an answer of {_mib(int(length))}")
             response.stream = _CappedStream(response.stream, self.limits, host)
         return response
 
