@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from vitinit.errors import VitinitError
+from vitinit.io.env import env_flag
 from vitinit.io.files import read_json, write_json
 from vitinit.io.save import sha256_file
 
@@ -42,7 +43,6 @@ MAX_ENTRIES = 4096
 MAX_BYTES = 1 << 20  # 4096 entries of ~140 bytes each
 RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamps (FAT: 2 s)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_OFF = {"0", "false", "no", "off"}
 # One process's stores one at a time; across processes the last writer wins and an entry may be lost
 # (a later miss, never a wrong digest).
 _lock = threading.Lock()
@@ -55,7 +55,7 @@ def cache_dir() -> Path:
 
 
 def enabled() -> bool:
-    return os.environ.get("VITINIT_HASH_CACHE", "1").strip().lower() not in _OFF
+    return env_flag("VITINIT_HASH_CACHE", default=True)
 
 
 def file_key(path: str | Path) -> str | None:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import httpx2
 
 from vitinit.errors import DownloadError, first_line
+from vitinit.io.env import env_flag
 
 DEFAULT_TIMEOUT_S = 20.0
 DEFAULT_ATTEMPTS = 3
@@ -165,7 +166,7 @@ def bounded_hub(limits: HubLimits | None = None) -> Iterator[HubLimits]:
     limits = limits or HubLimits.from_env()
     set_client_factory(_client_factory(limits))
     xet_was_disabled = constants.HF_HUB_DISABLE_XET
-    if os.environ.get("VITINIT_HUB_XET", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if not env_flag("VITINIT_HUB_XET"):
         constants.HF_HUB_DISABLE_XET = True  # read at call time by huggingface_hub's is_xet_available()
     try:
         yield limits

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vitinit.errors import CheckpointFormatError, DownloadError, first_line
 from vitinit.io import hash_cache
+from vitinit.io.env import env_flag
 from vitinit.io.progress import byte_progress
 from vitinit.io.registry import NOT_RELEASED, OFFICIAL_CHECKPOINTS, OfficialCheckpoint, official_checkpoint
 from vitinit.io.save import atomic_path
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 HF_SCHEME = "hf://"
 TIMEOUT_S = 30.0  # per socket operation; a dead host fails at once (no retries here)
-_TRUE = {"1", "true", "yes", "on"}
 # What a hub repository needs for conversion: the config and one weights file (not optimizer states etc.).
 HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "pytorch_model.bin"]
 
@@ -169,7 +169,7 @@ def cache_root(cache_dir: Path | None) -> Path:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("VITINIT_OFFLINE", "HF_HUB_OFFLINE"))
+    return env_flag("VITINIT_OFFLINE") or env_flag("HF_HUB_OFFLINE")
 
 
 # ---------------------------------------------------------------------------------------------------------
